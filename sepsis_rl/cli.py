@@ -1,0 +1,59 @@
+"""The ``sepsis-rl`` command line. Each command group lives in its own module and registers itself here.
+
+User errors (bad files, specs, arguments) print one line ``sepsis-rl: error: ...`` and exit with code 2;
+they never leave partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from sepsis_rl.cohort.cli import register as register_cohort
+from sepsis_rl.cohort.store import CohortFormatError
+from sepsis_rl.cohort.validation import CohortInputError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (CohortInputError, CohortFormatError, FileExistsError, FileNotFoundError)
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def _registrars() -> list[Registrar]:
+    regs: list[Registrar] = [register_cohort]
+    try:  # the world-model group is optional until its package is present
+        from world_model.cli import register as register_world_model
+
+        regs.append(register_world_model)
+    except ImportError:
+        pass
+    return regs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sepsis-rl", description="Train, evaluate and serve an LLM agent for ICU sepsis treatment."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"sepsis-rl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``sepsis-rl cohort synth | import | describe``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from sepsis_rl.cohort.validation import CohortInputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cohort = sub.add_parser("cohort", help="synthesise, import and describe sepsis cohorts")
+    csub = cohort.add_subparsers(dest="cohort_command", required=True)
+
+    synth = csub.add_parser("synth", help="synthesise the ground-truth synthetic cohort")
+    synth.add_argument("--patients", type=int, default=10000, help="number of ICU stays (default 10000)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="cohort folder to create")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    synth.set_defaults(func=_synth)
+
+    imp = csub.add_parser("import", help="import a real extract (AI Clinician layout or CSV/Parquet + spec)")
+    imp.add_argument("--format", required=True, choices=("ai-clinician", "generic"))
+    imp.add_argument("--input", required=True, help="CSV or Parquet file")
+    imp.add_argument("--spec", help="YAML spec (generic format only)")
+    imp.add_argument("--out", required=True, help="cohort folder to create")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(func=_import)
+
+    desc = csub.add_parser("describe", help="summarise a cohort folder")
+    desc.add_argument("dir")
+    desc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    desc.set_defaults(func=_describe)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from sepsis_rl.cohort.synth import synthesize_cohort
+
+    if args.patients < 1:
+        raise CohortInputError(f"--patients must be >= 1, got {args.patients}")
+    t0 = time.perf_counter()
+    out = synthesize_cohort(args.out, args.patients, args.seed, overwrite=args.overwrite)
+    print(f"wrote synthetic cohort of {args.patients} patients to {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from sepsis_rl.cohort.importers import import_cohort
+
+    t0 = time.perf_counter()
+    out = import_cohort(args.format, args.input, args.out, args.spec, seed=args.seed, overwrite=args.overwrite)
+    print(f"imported {args.input} ({args.format}) into {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from sepsis_rl.cohort.describe import describe_cohort, format_summary
+
+    summary = describe_cohort(args.dir)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
