@@ -1,0 +1,104 @@
+"""The PSR text protocol: round trips, every malformed-output kind, fallbacks and rendering."""
+
+import numpy as np
+import pytest
+
+from sepsis_rl.agent.fallback import Fallback, default_candidates, fallback_prescription
+from sepsis_rl.agent.grammar import (
+    ParseFailure, ParseStats, parse_prescription, parse_proposal, render_action, render_prescription,
+    render_proposal,
+)
+from sepsis_rl.agent.prompts import ObservationRenderer, render_simulation, system_prompt
+from sepsis_rl.cohort.features import AI_CLINICIAN_FEATURE_NAMES
+from sepsis_rl.cohort.reward import RewardConfig
+from sepsis_rl.cohort.simulator import SimulatorConfig
+from sepsis_rl.cohort.synth import synthetic_spec
+
+
+@pytest.mark.parametrize("action", range(25))
+def test_prescription_round_trip(action):
+    assert parse_prescription(render_prescription(action)).actions == (action,)
+    assert parse_prescription("MAP is low, so: " + render_prescription(action) + "\n").actions == (action,)
+
+
+def test_proposal_round_trip():
+    for cands in ([0, 7, 24], [12], [3, 4, 5, 6, 7]):
+        assert parse_proposal(render_proposal(cands), len(cands)).actions == tuple(cands)
+    assert render_action(11) == "F2V1"
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("F2V1", ParseFailure.MISSING_TAG),
+        ("<prescribe>F2V1", ParseFailure.UNCLOSED_TAG),
+        ("<prescribe>F2V1</prescribe><prescribe>F0V0</prescribe>", ParseFailure.MULTIPLE_BLOCKS),
+        ("<prescribe>F2V1</prescribe> and then more", ParseFailure.TRAILING_TEXT),
+        ("<prescribe>fluids 2</prescribe>", ParseFailure.MALFORMED_ACTION),
+        ("<prescribe>F2V1F3V3</prescribe>", ParseFailure.MALFORMED_ACTION),
+        ("<prescribe>F7V1</prescribe>", ParseFailure.BIN_OUT_OF_RANGE),
+        ("<prescribe></prescribe>", ParseFailure.MALFORMED_ACTION),
+    ],
+)
+def test_malformed_prescriptions(text, kind):
+    parsed = parse_prescription(text)
+    assert not parsed.ok and parsed.failure == kind and parsed.actions == ()
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("I would give fluids", ParseFailure.MISSING_TAG),
+        ("<propose>F1V0; F2V0; F3V0", ParseFailure.UNCLOSED_TAG),
+        ("<propose>F1V0; F2V0</propose>", ParseFailure.WRONG_COUNT),
+        ("<propose>F1V0; F2V0; F3V0; F4V0</propose>", ParseFailure.WRONG_COUNT),
+        ("<propose></propose>", ParseFailure.WRONG_COUNT),
+        ("<propose>F1V0; F1V0; F3V0</propose>", ParseFailure.DUPLICATE_CANDIDATE),
+        ("<propose>F1V0, F2V0, F3V0</propose>", ParseFailure.MALFORMED_ACTION),
+        ("<propose>F1V0; F2V9; F3V0</propose>", ParseFailure.BIN_OUT_OF_RANGE),
+        ("<propose>F1V0; F2V0; F3V0</propose> done", ParseFailure.TRAILING_TEXT),
+        ("<propose>F1V0; F2V0; F3V0</propose></propose>", ParseFailure.MULTIPLE_BLOCKS),
+    ],
+)
+def test_malformed_proposals(text, kind):
+    parsed = parse_proposal(text, k=3)
+    assert parsed.failure == kind, parsed
+
+
+def test_parse_stats_count_failures_by_kind():
+    stats = ParseStats()
+    stats.record(parse_prescription("<prescribe>F1V1</prescribe>"))
+    stats.record(parse_prescription("nothing"))
+    stats.record(parse_prescription("<prescribe>F9V9</prescribe>"))
+    stats.record(parse_prescription("nope"))
+    assert stats.attempts == 4 and stats.failure_rate == 0.75
+    assert stats.failures == {"missing_tag": 2, "bin_out_of_range": 1}
+
+
+def test_fallbacks():
+    assert fallback_prescription(Fallback.REPEAT_LAST, None) == 0
+    assert fallback_prescription(Fallback.REPEAT_LAST, 13) == 13
+    assert fallback_prescription(Fallback.BEST_CANDIDATE, 13, [1, 2, 3], np.array([0.3, 0.1, 0.2])) == 2
+    # without simulation results the best-candidate fallback degrades to repeating the last action
+    assert fallback_prescription(Fallback.BEST_CANDIDATE, 13, [1, 2, 3], None) == 13
+    assert default_candidates(None, 3) == [0, 5, 1]
+    assert default_candidates(24, 3) == [24, 23, 19]
+    for last in (None, 0, 12, 24):
+        c = default_candidates(last, 25)
+        assert sorted(c) == list(range(25))
+
+
+def test_observation_and_tool_rendering():
+    spec = synthetic_spec(0, RewardConfig(), SimulatorConfig())
+    state = np.zeros(len(AI_CLINICIAN_FEATURE_NAMES))
+    names = list(AI_CLINICIAN_FEATURE_NAMES)
+    state[names.index("MeanBP")], state[names.index("Arterial_lactate")], state[names.index("age")] = 58, 4.2, 71
+    prev = state.copy()
+    prev[names.index("MeanBP")] = 62
+    text = ObservationRenderer(spec).render(state, prev, step=2, last_action=11)
+    assert "Hour 8" in text and "MAP 58 mmHg (-4)" in text and "Lactate 4.2 mmol/L (+0.0)" in text
+    assert "F2V1 (fluid 250-500 mL/4h, vasopressor 0-0.08 mcg/kg/min" in text and "71 y" in text
+    tool = render_simulation([11, 0], np.array([[60, 66.4]] * 2), np.array([[4, 3.04]] * 2), np.array([[9, 8]] * 2),
+                             np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9))
+    assert "F2V1: MAP 58->66 mmHg, lactate 4.2->3.0 mmol/L, SOFA 9->8, death risk 12%" in tool
+    assert "<propose>" in system_prompt(3) and "<propose>" not in system_prompt(3, use_simulator=False)
