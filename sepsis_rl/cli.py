@@ -14,14 +14,18 @@ from typing import Callable, Sequence
 from sepsis_rl.cohort.cli import register as register_cohort
 from sepsis_rl.cohort.store import CohortFormatError
 from sepsis_rl.cohort.validation import CohortInputError
+from sepsis_rl.models import ModelFetchError
+from sepsis_rl.models_cli import register as register_models
 
-USER_ERRORS: tuple[type[BaseException], ...] = (CohortInputError, CohortFormatError, FileExistsError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CohortInputError, CohortFormatError, FileExistsError, FileNotFoundError, ModelFetchError,
+)
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    regs: list[Registrar] = [register_cohort]
+    regs: list[Registrar] = [register_cohort, register_models]
     try:  # the world-model group is optional until its package is present
         from world_model.cli import register as register_world_model
 
