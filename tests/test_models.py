@@ -8,11 +8,6 @@ from sepsis_rl.cli import main
 from sepsis_rl.models import build_tiny_model, resolve_base_model
 
 
-@pytest.fixture(scope="session")
-def default_model_dir():
-    return resolve_base_model("default")
-
-
 def test_pull_default_gives_a_working_chat_model(default_model_dir, capsys):
     assert main(["models", "pull-default"]) == 0  # cached now: returns at once
     assert capsys.readouterr().out.strip() == default_model_dir

@@ -1,0 +1,22 @@
+"""Shared fixtures: the default model's tokenizer (fetched once per machine) and a tiny random model."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    from sepsis_rl.models import resolve_base_model
+
+    return resolve_base_model("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir, tmp_path_factory) -> str:
+    from sepsis_rl.models import build_tiny_model
+
+    return str(build_tiny_model(default_model_dir, tmp_path_factory.mktemp("tiny") / "model"))
