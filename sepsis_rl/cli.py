@@ -32,6 +32,9 @@ def _registrars() -> list[Registrar]:
         regs.append(register_world_model)
     except ImportError:
         pass
+    from sepsis_rl.rollout.cli import register as register_rollout
+
+    regs.append(register_rollout)
     return regs
 
 

@@ -1,0 +1,157 @@
+"""Propose-simulate-refine episodes, played in lockstep for a batch of simulated patients.
+
+Per decision, for all live episodes at once: one ``generate`` for the proposals, one ``simulate`` for
+every candidate of every patient, one ``generate`` for the prescriptions, one ``step`` of the simulator.
+Token bookkeeping is exact: the prescription is generated as a continuation of the very token ids of
+prompt + proposal + tool output (never re-tokenised text), so behaviour log-probabilities refer to the
+sequence the learner will score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sepsis_rl.agent.fallback import Fallback, default_candidates, fallback_prescription
+from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE, parse_prescription, parse_proposal
+from sepsis_rl.agent.prompts import ObservationRenderer, render_simulation, system_prompt
+from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
+from sepsis_rl.cohort.spec import CohortSpec
+from sepsis_rl.rollout.engine import GenerationEngine, SamplingParams
+from sepsis_rl.rollout.episodes import EpisodeRecord, Segment
+
+
+class Simulator(Protocol):
+    """``WorldModelSimulator`` in-process or ``SimulatorPool`` across shards: same calls."""
+
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray: ...
+    def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> Any: ...
+    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> Any: ...
+    def release(self, episode_ids: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    k: int = 3  # candidates per proposal
+    horizon: int = 4  # simulated 4-hour steps per candidate
+    use_simulator: bool = True  # False: decide without tool calls
+    fallback: Fallback = Fallback.REPEAT_LAST
+    temperature: float = 1.0
+    proposal_tokens: int = 48
+    prescription_tokens: int = 16
+
+
+class PSRAgent:
+    """Turns states into token-exact decisions with an engine and a simulator."""
+
+    def __init__(self, engine: GenerationEngine, tokenizer: Any, spec: CohortSpec, config: AgentConfig = AgentConfig()):
+        self.engine, self.tok, self.spec, self.cfg = engine, tokenizer, spec, config
+        self.renderer = ObservationRenderer(spec)
+        self.system = system_prompt(config.k, config.use_simulator)
+        names = spec.feature_names
+        self._idx = {key: next((names.index(n) for n in opts if n in names), None)
+                     for key, opts in (("map", ("MeanBP",)), ("lac", LACTATE_ALIASES), ("sofa", SOFA_ALIASES))}
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False).input_ids)
+
+    def _chat(self, messages: list[dict], generation_prompt: bool = True) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _tool_block(self, observation: str, proposal: str, tool: str) -> str:
+        """Template text between the assistant's proposal and its next turn (the tool output as a user turn)."""
+        base = [{"role": "system", "content": self.system}, {"role": "user", "content": observation}]
+        prefix = self._chat(base) + proposal
+        full = self._chat(base + [{"role": "assistant", "content": proposal}, {"role": "user", "content": tool}])
+        if full.startswith(prefix):
+            return full[len(prefix):]
+        return f"<|im_end|>\n<|im_start|>user\n{tool}<|im_end|>\n<|im_start|>assistant\n"
+
+    def _current(self, state: np.ndarray) -> tuple[float, float, float]:
+        return tuple(float(state[i]) if i is not None else float("nan") for i in self._idx.values())  # type: ignore[return-value]
+
+    def decide(self, sim: Simulator, ids: np.ndarray, states: np.ndarray, prev_states: list[np.ndarray | None],
+               last_actions: list[int | None], steps: list[int], records: list[EpisodeRecord], seed: int) -> np.ndarray:
+        """One decision for every episode in ``ids``; appends segments/decisions to ``records``; returns actions."""
+        cfg = self.cfg
+        obs_texts = [self.renderer.render(s, p, t, a) for s, p, t, a in zip(states, prev_states, steps, last_actions)]
+        prompts = [self._encode(self._chat([{"role": "system", "content": self.system}, {"role": "user", "content": o}]))
+                   for o in obs_texts]
+        segments = [Segment(prompt_length=len(p)) for p in prompts]
+        for seg, p in zip(segments, prompts):
+            seg.add(p, generated=False)
+        decisions = [{"step": t, "candidates": [], "candidate_risk": [], "proposal_failure": "", "prescription_failure": "",
+                      "proposal_text": "", "prescription_text": "", "observation": o, "tool_output": ""}
+                     for t, o in zip(steps, obs_texts)]
+        risks: list[np.ndarray | None] = [None] * len(ids)
+        cands: list[list[int]] = [[] for _ in ids]
+        if cfg.use_simulator:
+            t0 = time.perf_counter()
+            props = self.engine.generate(prompts, SamplingParams(cfg.proposal_tokens, cfg.temperature, seed, (PROPOSE_CLOSE,)))
+            gen_s = time.perf_counter() - t0
+            for i, g in enumerate(props):
+                parsed = parse_proposal(g.text, cfg.k)
+                cands[i] = list(parsed.actions) if parsed.ok else default_candidates(last_actions[i], cfg.k)
+                decisions[i].update(proposal_text=g.text, proposal_failure=parsed.failure.value if parsed.failure else "",
+                                    candidates=cands[i])
+                segments[i].add(g.token_ids, generated=True, logprobs=g.logprobs)
+            t0 = time.perf_counter()
+            sim_res = sim.simulate(ids, np.array(cands, dtype=np.int64), cfg.horizon)
+            sim_s = time.perf_counter() - t0
+            for i in range(len(ids)):
+                tool = render_simulation(cands[i], sim_res.map[i], sim_res.lactate[i], sim_res.sofa[i],
+                                         sim_res.risk_of_death[i], sim_res.uncertainty[i], self._current(states[i]))
+                risks[i] = sim_res.risk_of_death[i]
+                decisions[i].update(tool_output=tool, candidate_risk=[float(r) for r in sim_res.risk_of_death[i]])
+                segments[i].add(self._encode(self._tool_block(obs_texts[i], decisions[i]["proposal_text"], tool)), False)
+            for r in records:
+                r.simulate_s += sim_s / len(records)
+                r.generate_s += gen_s / len(records)
+        t0 = time.perf_counter()
+        rx = self.engine.generate([s.tokens for s in segments],
+                                  SamplingParams(cfg.prescription_tokens, cfg.temperature, None if seed is None else seed + 1,
+                                                 (PRESCRIBE_CLOSE,)))
+        gen_s = time.perf_counter() - t0
+        actions = np.zeros(len(ids), dtype=np.int64)
+        for i, g in enumerate(rx):
+            parsed = parse_prescription(g.text)
+            actions[i] = parsed.actions[0] if parsed.ok else fallback_prescription(cfg.fallback, last_actions[i], cands[i], risks[i])
+            decisions[i].update(prescription_text=g.text, action=int(actions[i]),
+                                prescription_failure=parsed.failure.value if parsed.failure else "")
+            segments[i].add(g.token_ids, generated=True, logprobs=g.logprobs)
+            records[i].segments.append(segments[i])
+            records[i].decisions.append(decisions[i])
+            records[i].generate_s += gen_s / len(ids)
+        return actions
+
+
+def play_episodes(agent: PSRAgent, sim: Simulator, start_states: np.ndarray, episode_ids: np.ndarray,
+                  group_ids: np.ndarray, start_index: np.ndarray, seed: int = 0) -> list[EpisodeRecord]:
+    """Play whole episodes from ``start_states`` [B, F] (or [B, T, F]) until each ends; batched per decision."""
+    ids = np.asarray(episode_ids, dtype=np.int64)
+    records = [EpisodeRecord(int(e), int(g), int(s), agent.cfg.use_simulator) for e, g, s in zip(ids, group_ids, start_index)]
+    states = np.asarray(sim.reset(ids, start_states), dtype=np.float64)
+    prev: list[np.ndarray | None] = [None] * len(ids)
+    last: list[int | None] = [None] * len(ids)
+    live = np.arange(len(ids))
+    t = 0
+    while live.size:
+        acts = agent.decide(sim, ids[live], states[live], [prev[i] for i in live], [last[i] for i in live],
+                            [t] * live.size, [records[i] for i in live], seed + 1000 * t)
+        t0 = time.perf_counter()
+        res = sim.step(ids[live], acts)
+        dt = time.perf_counter() - t0
+        for j, i in enumerate(live):
+            rec = records[i]
+            rec.rewards.append(float(res.reward[j]))
+            rec.simulate_s += dt / live.size
+            rec.died, rec.discharged, rec.truncated = bool(res.died[j]), bool(res.discharged[j]), bool(res.truncated[j])
+            prev[i], last[i] = states[i].copy(), int(acts[j])
+            states[i] = res.state[j]
+        live = live[~np.asarray(res.done, dtype=bool)]
+        t += 1
+    sim.release(ids)
+    return records
