@@ -40,9 +40,9 @@ def make_engine(kind: str, model_path: str) -> Any:
 
         return TransformersEngine(model_path)
     if kind == "vllm":
-        from sepsis_rl.rollout.vllm_engine import VLLMEngine  # imported only when selected
-
-        return VLLMEngine(model_path)
+        raise NotImplementedError(
+            "the vLLM engine is not available in this build yet; use --engine transformers (see the project issues)"
+        )
     raise ValueError(f"unknown engine {kind!r} (choose transformers or vllm)")
 
 

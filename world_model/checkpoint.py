@@ -1,0 +1,107 @@
+"""World-model checkpoints: a folder with ``model.safetensors`` (weights) and ``config.json``.
+
+``config.json`` holds everything else needed to rebuild the model: the architecture, the feature
+layout, the normalisation stats and the cohort's feature spec (so a consumer can check it is feeding
+the right features in the right units), plus free-form training info. Loading reads only JSON and
+safetensors, never pickle, so a checkpoint from an untrusted source cannot execute code. Folders are
+written to a temporary sibling and renamed into place, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sepsis_rl.cohort.spec import CohortSpec
+from sepsis_rl.cohort.validation import CohortInputError
+from world_model.model import WorldModel
+from world_model.network import DynamicsEnsemble, ModelConfig
+from world_model.normalize import FeatureLayout, Normalizer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "sepsis-rl-world-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(CohortInputError):
+    """A folder that is not a readable world-model checkpoint (a user error: the CLI exits with 2)."""
+
+
+def save_world_model(model: WorldModel, out_dir: str | os.PathLike, info: dict[str, Any] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Write ``model`` to ``out_dir`` atomically; ``info`` (JSON-able) is stored under ``"info"``."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": asdict(model.config),
+            "layout": {k: list(v) for k, v in asdict(model.layout).items()},
+            "normalizer": model.normalizer.to_dict(),
+            "spec": model.spec.to_dict() if model.spec is not None else None,
+            "info": info or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: not a world-model checkpoint (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable JSON: {e}") from e
+    if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} checkpoint")
+    return config
+
+
+def load_world_model(model_dir: str | os.PathLike) -> WorldModel:
+    """Rebuild a WorldModel from a checkpoint folder (JSON + safetensors only)."""
+    config = read_config(model_dir)
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{model_dir}: missing {WEIGHTS_FILE}")
+    try:
+        model_cfg = ModelConfig(**config["model"])
+        layout = FeatureLayout(**{k: tuple(v) for k, v in config["layout"].items()})
+        norm = Normalizer.from_dict(config["normalizer"])
+        spec = CohortSpec.from_dict(config["spec"]) if config.get("spec") else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: invalid {CONFIG_FILE}: {e}") from e
+    net = DynamicsEnsemble(model_cfg, layout)
+    try:
+        net.load_state_dict(load_file(str(weights)), strict=True)
+    except (RuntimeError, OSError, SafetensorError) as e:
+        raise CheckpointError(f"{model_dir}: unreadable weights or weights that do not match the config: {e}") from e
+    return WorldModel(net, model_cfg, layout, norm, spec)
