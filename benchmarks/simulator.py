@@ -48,26 +48,29 @@ def steps_per_s(step_fn, batch: int, seconds: float) -> float:
 
 
 class Driver:
-    """Keeps ``batch`` live episodes per caller on a simulator (in-process or pool) and steps them."""
+    """Keeps up to ``batch`` live episodes per caller and steps them; refills in bulk, as rollout workers do."""
 
     def __init__(self, sim, starts: np.ndarray, base: int):
         self.sim, self.starts, self.base, self.next = sim, starts, base, 0
-        self.ids = None
+        self.ids: np.ndarray | None = None
+        self.rng = np.random.default_rng(base % 2**32)
 
-    def _fresh(self, n: int) -> np.ndarray:
-        ids = self.base + self.next + np.arange(n)
-        self.next += n
-        self.sim.reset(ids, self.starts[np.arange(n) % len(self.starts)])
-        return ids
+    def _refill(self, batch: int) -> None:
+        if self.ids is not None and len(self.ids):
+            self.sim.release(self.ids)
+        self.ids = self.base + self.next + np.arange(batch)
+        self.next += batch
+        self.sim.reset(self.ids, self.starts[self.rng.integers(0, len(self.starts), batch)])
 
     def __call__(self, batch: int) -> int:
-        if self.ids is None or len(self.ids) != batch:
-            self.ids = self._fresh(batch)
-        res = self.sim.step(self.ids, np.random.default_rng(self.next).integers(0, 25, batch))
+        if self.ids is None or len(self.ids) < 0.75 * batch:
+            self._refill(batch)
+        res = self.sim.step(self.ids, self.rng.integers(0, 25, len(self.ids)))
+        n = len(self.ids)
         if res.done.any():
             self.sim.release(self.ids[res.done])
-            self.ids = np.concatenate([self.ids[~res.done], self._fresh(int(res.done.sum()))])
-        return batch
+            self.ids = self.ids[~res.done]
+        return n
 
 
 def concurrent_rate(pool, starts, callers: int, batch: int, seconds: float) -> float:
@@ -94,12 +97,17 @@ def main() -> None:
     ap.add_argument("--cohort")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--callers", type=int, default=4, help="concurrent callers for the pool measurements")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in-process and per shard (equal resources)")
     args = ap.parse_args()
     out: dict[str, float | int | str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model, cohort = load_or_train(args.model, args.cohort, Path(tmp))
         starts = StartStates.from_cohort(cohort, "test").states
+        import torch
+
+        torch.set_num_threads(args.threads)
         cfg = SimulationConfig(seed=0)
+        out["threads"] = args.threads
         local = Driver(WorldModelSimulator(model, cfg), starts, 0)
         out["inproc_batch1"] = steps_per_s(local, 1, args.seconds)
         out["inproc_batch256"] = steps_per_s(local, 256, args.seconds)
@@ -116,7 +124,7 @@ def main() -> None:
         factory = functools.partial(in_memory_model, model)
         for shards in (1, 2):
             pool = SimulatorPool(model_factory=factory, sim_config=cfg,
-                                 config=PoolConfig(num_shards=shards, num_cpus_per_shard=1.0))
+                                 config=PoolConfig(num_shards=shards, num_cpus_per_shard=1.0, threads_per_shard=args.threads))
             out[f"pool{shards}_batch256_one_caller"] = steps_per_s(Driver(pool, starts, 5 * 10**9), 256, args.seconds)
             out[f"pool{shards}_concurrent_{args.callers}x256"] = concurrent_rate(pool, starts, args.callers, 256, args.seconds)
             pool.shutdown()

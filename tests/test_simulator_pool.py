@@ -32,7 +32,7 @@ def reference_run(model, starts, seed=1):
     sim.reset(ids, starts.states[:6])
     out = []
     for a in ACTIONS:
-        live = [i for i, e in enumerate(ids) if not sim.episodes[int(e)].done]
+        live = [i for i, e in enumerate(ids) if not sim.history(int(e))[3]]
         out.append(sim.step(ids[live], a[live]))
     return out
 
@@ -67,7 +67,7 @@ def test_same_seed_same_trajectory_and_simulate_is_batched(world):
     assert res.map.shape == (4, 3, 3) and res.risk_of_death.shape == (4, 3)
     assert ((res.risk_of_death >= 0) & (res.risk_of_death <= 1)).all()
     # simulate does not advance the episodes
-    assert all(sim.episodes[i].steps == 0 for i in range(4))
+    assert all(sim.history(i)[2] == 0 for i in range(4))
 
 
 def test_bad_inputs_raise_clear_errors(world):
@@ -148,3 +148,16 @@ def test_vector_env_over_the_pool(world, ray_cluster):
     assert ended >= 4  # max_steps = 3: every env ended at least once and was reset
     env.close()
     pool.shutdown()
+
+
+def test_keyed_uniforms_depend_only_on_the_key():
+    from world_model.simulation import keyed_uniforms
+
+    ids, steps = np.array([5, 9, 123456789012]), np.array([0, 3, 7])
+    u = keyed_uniforms(1, ids, steps, 6)
+    assert u.shape == (3, 6) and ((u >= 0) & (u < 1)).all()
+    np.testing.assert_array_equal(keyed_uniforms(1, ids[[2, 0]], steps[[2, 0]], 6), u[[2, 0]])  # batch order
+    assert not np.array_equal(keyed_uniforms(2, ids, steps, 6), u)  # the seed matters
+    assert not np.array_equal(keyed_uniforms(1, ids, steps + 1, 6), u)  # the step matters
+    big = keyed_uniforms(0, np.arange(20000), np.zeros(20000), 1)
+    assert abs(big.mean() - 0.5) < 0.01 and abs(big.std() - (1 / 12) ** 0.5) < 0.01

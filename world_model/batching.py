@@ -22,7 +22,7 @@ class MicroBatcher(Generic[Req, Res]):
 
     run: Callable[[Sequence[Req]], Sequence[Res]]
     size_of: Callable[[Req], int]
-    max_wait_s: float = 0.002
+    max_wait_s: float = 0.001  # 0: merge only what is already queued (one event-loop turn)
     max_batch: int = 4096
     on_batch: Callable[[int, int], Any] | None = None  # (rows, requests) for metrics
     _pending: list[tuple[Req, asyncio.Future]] = field(default_factory=list)

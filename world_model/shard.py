@@ -76,7 +76,8 @@ class SimulatorShardImpl:
         return self.sim.reset(episode_ids, history)
 
     async def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:
-        ids = self.sim.check_ids(episode_ids)  # validate alone: a bad request must not fail its batch-mates
+        ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
+        self.sim.slots(ids)  # validate alone: a bad request must not fail its batch-mates
         acts = self.sim.check_actions(actions, (len(ids),))
         return await self._step_batcher.submit((ids, acts))
 
@@ -92,7 +93,7 @@ class SimulatorShardImpl:
         return self.sim.history(episode_id)
 
     async def stats(self) -> dict[str, Any]:
-        return {"shard": self.shard_id, "pid": os.getpid(), "live_episodes": len(self.sim.episodes),
+        return {"shard": self.shard_id, "pid": os.getpid(), "live_episodes": self.sim.live_episodes,
                 "steps": self._steps, "step_batches": self._batches, "step_requests": self._requests,
                 "queue_depth": self._step_batcher.queue_depth}
 

@@ -74,14 +74,6 @@ class SimulationResult:
         return SimulationResult(**{k: v[idx] for k, v in self.__dict__.items()})
 
 
-@dataclass
-class _Episode:
-    states: list[np.ndarray]
-    actions: list[int]
-    steps: int = 0
-    done: bool = False
-
-
 def _index(names: Sequence[str], options: Sequence[str]) -> int | None:
     return next((list(names).index(o) for o in options if o in names), None)
 
@@ -94,24 +86,34 @@ class WorldModelSimulator:
         self.config = config
         self.names = list(model.feature_names)
         self.n_features = len(self.names)
-        self.episodes: dict[int, _Episode] = {}
+        # live episodes in preallocated arrays (slot per episode) so a step is vectorised end to end
+        self._slot: dict[int, int] = {}
+        self._free: list[int] = []
+        self._hist = np.zeros((0, model.window, self.n_features))  # last W states, left-padded with the first
+        self._steps = np.zeros(0, dtype=np.int64)
+        self._done = np.zeros(0, dtype=bool)
+        self._actions: dict[int, list[int]] = {}
         self._i_map = _index(self.names, ("MeanBP",))
         self._i_lac = _index(self.names, LACTATE_ALIASES)
         self._i_sofa = _index(self.names, SOFA_ALIASES)
         self._scale = np.asarray(getattr(model, "feature_scale", np.ones(self.n_features)), dtype=np.float64)
 
     # ------------------------------------------------------------------------------------ validation
-    def check_ids(self, episode_ids: np.ndarray, live: bool = True) -> np.ndarray:
+    @property
+    def live_episodes(self) -> int:
+        return len(self._slot)
+
+    def slots(self, episode_ids: np.ndarray, live: bool = True) -> np.ndarray:
+        """Storage slots of ``episode_ids``; unknown, repeated or (if ``live``) ended episodes raise."""
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
-        for eid in ids:
-            ep = self.episodes.get(int(eid))
-            if ep is None:
-                raise KeyError(f"unknown episode id {int(eid)} (reset it first)")
-            if live and ep.done:
-                raise ValueError(f"episode {int(eid)} has ended; reset it to start again")
-        if len(np.unique(ids)) != len(ids):
+        slots = np.fromiter((self._slot.get(int(e), -1) for e in ids), dtype=np.int64, count=len(ids))
+        if (slots < 0).any():
+            raise KeyError(f"unknown episode id {int(ids[np.argmax(slots < 0)])} (reset it first)")
+        if len(np.unique(slots)) != len(slots):
             raise ValueError("an episode id appears twice in one request")
-        return ids
+        if live and self._done[slots].any():
+            raise ValueError(f"episode {int(ids[np.argmax(self._done[slots])])} has ended; reset it to start again")
+        return slots
 
     @staticmethod
     def check_actions(actions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -141,21 +143,42 @@ class WorldModelSimulator:
             raise ValueError(f"{len(ids)} episode ids for {len(h)} start histories")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("an episode id appears twice in one reset")
-        for eid, hist in zip(ids, h):
-            self.episodes[int(eid)] = _Episode(states=list(hist[-self.model.window :]), actions=[])
+        w = self.model.window
+        padded = h[:, -w:] if h.shape[1] >= w else np.concatenate([np.repeat(h[:, :1], w - h.shape[1], axis=1), h], axis=1)
+        self.release(ids)
+        slots = self._allocate(len(ids))
+        for eid, slot in zip(ids.tolist(), slots.tolist()):
+            self._slot[eid] = slot
+            self._actions[eid] = []
+        self._hist[slots] = padded
+        self._steps[slots] = 0
+        self._done[slots] = False
         return h[:, -1, :].astype(np.float32)
 
+    def _allocate(self, n: int) -> np.ndarray:
+        while len(self._free) < n:
+            cap = len(self._steps)
+            grow = max(n, cap, 64)
+            self._hist = np.concatenate([self._hist, np.zeros((grow, *self._hist.shape[1:]))])
+            self._steps = np.concatenate([self._steps, np.zeros(grow, dtype=np.int64)])
+            self._done = np.concatenate([self._done, np.zeros(grow, dtype=bool)])
+            self._free.extend(range(cap + grow - 1, cap - 1, -1))
+        return np.array([self._free.pop() for _ in range(n)], dtype=np.int64)
+
     def release(self, episode_ids: np.ndarray) -> None:
-        for eid in np.asarray(episode_ids).reshape(-1):
-            self.episodes.pop(int(eid), None)
+        for eid in np.asarray(episode_ids).reshape(-1).tolist():
+            slot = self._slot.pop(eid, None)
+            self._actions.pop(eid, None)
+            if slot is not None:
+                self._free.append(slot)
 
     def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:
-        ids = self.check_ids(episode_ids)
+        ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
+        slots = self.slots(ids)
         acts = self.check_actions(actions, (len(ids),))
-        eps = [self.episodes[int(e)] for e in ids]
-        window = self._windows(eps)
+        window = self._hist[slots]
         pred = self.model.predict(window, acts)
-        u = self._uniforms(ids, [e.steps for e in eps], 1 + self.n_features)
+        u = keyed_uniforms(self.config.seed, ids, self._steps[slots], 1 + self.n_features)
         nxt = np.array(pred["mean"], dtype=np.float64)
         if self.config.stochastic:
             nxt = nxt + pred["std"] * _normal_from_uniform(u[:, 1:])
@@ -169,17 +192,17 @@ class WorldModelSimulator:
         else:
             died = p_death > 0.5
             discharged = ~died & (p_dis > 0.5)
-        steps = np.array([e.steps + 1 for e in eps])
+        steps = self._steps[slots] + 1
         truncated = ~died & ~discharged & (steps >= self.config.max_steps)
         ended = died | discharged
         done = ended | truncated
         cur = window[:, -1, :]
         reward = np.where(ended, terminal_reward(died, self.config.reward), self._shaping(cur, nxt))
-        for e, a, s, d in zip(eps, acts, nxt, done):
-            e.states = (e.states + [s])[-self.model.window :]
-            e.actions.append(int(a))
-            e.steps += 1
-            e.done = bool(d)
+        self._hist[slots] = np.concatenate([window[:, 1:], nxt[:, None, :]], axis=1)
+        self._steps[slots] = steps
+        self._done[slots] = done
+        for eid, act in zip(ids.tolist(), acts.tolist()):
+            self._actions[eid].append(act)
         unc = (pred["epistemic_std"] / self._scale).mean(axis=1)
         return StepResult(nxt.astype(np.float32), reward, done, died, discharged, truncated, p_death, unc)
 
@@ -187,13 +210,14 @@ class WorldModelSimulator:
         """Fork each patient once per candidate and hold that prescription for ``horizon`` steps (mean path)."""
         if not 1 <= int(horizon) <= 32:
             raise ValueError(f"horizon must be in 1..32, got {horizon}")
-        ids = self.check_ids(episode_ids, live=False)
+        ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
+        slots = self.slots(ids, live=False)
         cands = np.asarray(candidates)
         if cands.ndim != 2 or cands.shape[0] != len(ids):
             raise ValueError(f"candidates must be [B, K] with B = {len(ids)}, got {cands.shape}")
         cands = self.check_actions(cands, cands.shape)
         b, k = cands.shape
-        window = np.repeat(self._windows([self.episodes[int(e)] for e in ids]), k, axis=0)
+        window = np.repeat(self._hist[slots], k, axis=0)
         acts = cands.reshape(-1)
         traj = np.zeros((b * k, horizon, self.n_features))
         alive = np.ones(b * k)
@@ -210,23 +234,11 @@ class WorldModelSimulator:
                                 (1 - alive).reshape(b, k), unc.reshape(b, k))
 
     def history(self, episode_id: int) -> tuple[np.ndarray, list[int], int, bool]:
-        ep = self.episodes[int(episode_id)]
-        return np.stack(ep.states), list(ep.actions), ep.steps, ep.done
+        """(last W states, actions so far, steps taken, ended) of one episode."""
+        slot = int(self.slots(np.array([episode_id]), live=False)[0])
+        return self._hist[slot].copy(), list(self._actions[int(episode_id)]), int(self._steps[slot]), bool(self._done[slot])
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _windows(self, eps: list[_Episode]) -> np.ndarray:
-        """Last ``window`` states of each episode, left-padded with the oldest one: [B, W, F]."""
-        w = self.model.window
-        out = np.empty((len(eps), w, self.n_features))
-        for i, e in enumerate(eps):
-            s = e.states[-w:]
-            out[i] = np.stack([s[0]] * (w - len(s)) + s)
-        return out
-
-    def _uniforms(self, ids: np.ndarray, steps: list[int], n: int) -> np.ndarray:
-        seed = self.config.seed
-        return np.stack([np.random.default_rng([seed, int(e), int(t)]).random(n) for e, t in zip(ids, steps)])
-
     def _shaping(self, cur: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if self._i_sofa is None or self._i_lac is None:
             return np.zeros(len(cur))
@@ -243,6 +255,26 @@ class WorldModelSimulator:
         if self._i_sofa is not None:
             nxt[:, self._i_sofa] = np.clip(np.round(nxt[:, self._i_sofa]), 0, 24)
         return nxt
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_uniforms(seed: int, episode_ids: np.ndarray, steps: np.ndarray, n: int) -> np.ndarray:
+    """Uniforms in [0, 1), [B, n], that depend only on (seed, episode id, step, index): a counter-based hash.
+
+    Vectorised (no generator per episode), and the same numbers on any shard in any batch composition.
+    """
+    with np.errstate(over="ignore"):
+        ids = np.asarray(episode_ids).astype(np.uint64)
+        key = _splitmix64(_splitmix64(ids) ^ np.uint64(seed & 0xFFFFFFFF))
+        key = _splitmix64(key ^ (np.asarray(steps).astype(np.uint64) * np.uint64(0x632BE59BD9B4E019)))
+        x = _splitmix64(key[:, None] + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
 def _normal_from_uniform(u: np.ndarray) -> np.ndarray:
