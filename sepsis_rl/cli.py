@@ -14,28 +14,23 @@ from typing import Callable, Sequence
 from sepsis_rl.cohort.cli import register as register_cohort
 from sepsis_rl.cohort.store import CohortFormatError
 from sepsis_rl.cohort.validation import CohortInputError
+from sepsis_rl.curriculum.config import ConfigError
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CohortInputError, CohortFormatError, FileExistsError, FileNotFoundError, ModelFetchError,
+    CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
 )
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    regs: list[Registrar] = [register_cohort, register_models]
-    try:  # the world-model group is optional until its package is present
-        from world_model.cli import register as register_world_model
-
-        regs.append(register_world_model)
-    except ImportError:
-        pass
+    from sepsis_rl.curriculum.cli import register as register_curriculum
     from sepsis_rl.rollout.cli import register as register_rollout
+    from world_model.cli import register as register_world_model
 
-    regs.append(register_rollout)
-    return regs
+    return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sepsis_rl.checkpoint import atomic_dir
 from sepsis_rl.cohort.spec import CohortSpec
 from sepsis_rl.cohort.validation import CohortInputError
 from world_model.model import WorldModel
@@ -40,12 +39,7 @@ def save_world_model(model: WorldModel, out_dir: str | os.PathLike, info: dict[s
                      overwrite: bool = False) -> Path:
     """Write ``model`` to ``out_dir`` atomically; ``info`` (JSON-able) is stored under ``"info"``."""
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_dir(out, overwrite) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         config = {
@@ -58,16 +52,6 @@ def save_world_model(model: WorldModel, out_dir: str | os.PathLike, info: dict[s
             "info": info or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

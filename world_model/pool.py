@@ -14,6 +14,7 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -74,6 +75,8 @@ class SimulatorPool:
         if model_factory is None:
             if model_dir is None:
                 raise ValueError("SimulatorPool needs model_dir or model_factory")
+            if not (Path(model_dir) / "config.json").is_file():
+                raise FileNotFoundError(f"{model_dir} is not a world-model folder (no config.json)")
             model_factory = functools.partial(load_model, str(model_dir))
         self.config = config
         self.sim_config = sim_config

@@ -60,7 +60,7 @@ class ObservationRenderer:
 
     spec: CohortSpec
 
-    def _rows(self) -> list[tuple[int, str, str, int]]:
+    def rows(self) -> list[tuple[int, str, str, int]]:
         names = self.spec.feature_names
         chosen = [(names.index(f), label, self.spec.feature(f).unit, d) for f, label, d in BEDSIDE_FEATURES if f in names]
         if len(chosen) < 4:  # an imported cohort with other names: show its dynamic features
@@ -70,7 +70,7 @@ class ObservationRenderer:
     def render(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
         lines = [f"Hour {4 * step} of the ICU stay (decision {step + 1})."]
         lines.append(self._patient_line(state))
-        for i, label, unit, dec in self._rows():
+        for i, label, unit, dec in self.rows():
             val = f"{state[i]:.{dec}f}"
             trend = ""
             if previous is not None:

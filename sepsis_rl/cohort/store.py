@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sepsis_rl.checkpoint import atomic_dir
 from sepsis_rl.cohort.spec import CohortSpec
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -124,14 +123,7 @@ def write_cohort(
 ) -> Path:
     """Write a cohort folder atomically; ``extra_writers`` add files (called with the temp folder)."""
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a cohort folder is an ordinary folder
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         for name, table in splits.items():
             check_table(table, spec, f"split {name!r}")
             table = table.replace_schema_metadata({METADATA_KEY: spec.to_json().encode()})
@@ -139,22 +131,7 @@ def write_cohort(
         (tmp / SPEC_FILE).write_text(spec.to_json())
         for writer in extra_writers:
             writer(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; an existing ``out`` is swapped away first and removed after."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_spec(cohort_dir: str | os.PathLike) -> CohortSpec:

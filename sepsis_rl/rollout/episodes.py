@@ -24,6 +24,8 @@ DECISION_TYPE = pa.struct([
     ("prescription_text", pa.string()),
     ("observation", pa.string()),
     ("tool_output", pa.string()),
+    ("violations", pa.list_(pa.string())),  # safety rules the prescription broke (agent/shaping.py)
+    ("shaping", pa.float32()),  # safety + format reward added to the cohort reward of this step
 ])
 
 EPISODE_SCHEMA = pa.schema([
@@ -36,8 +38,9 @@ EPISODE_SCHEMA = pa.schema([
     ("logprobs", pa.list_(pa.list_(pa.float32()))),
     ("prompt_lengths", pa.list_(pa.int32())),
     ("decisions", pa.list_(DECISION_TYPE)),
-    ("rewards", pa.list_(pa.float32())),
+    ("rewards", pa.list_(pa.float32())),  # per step: cohort reward + shaping (what RL optimises)
     ("return", pa.float64()),
+    ("cohort_return", pa.float64()),  # the cohort reward alone (comparable with other policies)
     ("length", pa.int32()),
     ("died", pa.bool_()),
     ("discharged", pa.bool_()),
@@ -71,6 +74,7 @@ class EpisodeRecord:
     segments: list[Segment] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    cohort_rewards: list[float] = field(default_factory=list)
     died: bool = False
     discharged: bool = False
     truncated: bool = False
@@ -88,6 +92,7 @@ class EpisodeRecord:
             "tokens": [s.tokens for s in self.segments], "loss_mask": [s.loss_mask for s in self.segments],
             "logprobs": [s.logprobs for s in self.segments], "prompt_lengths": [s.prompt_length for s in self.segments],
             "decisions": self.decisions, "rewards": self.rewards, "return": float(np.sum(self.rewards)),
+            "cohort_return": float(np.sum(self.cohort_rewards)),
             "length": len(self.rewards), "died": self.died, "discharged": self.discharged, "truncated": self.truncated,
             "parse_failures": self.parse_failures,
             "generated_tokens": int(sum(sum(s.loss_mask) for s in self.segments)),

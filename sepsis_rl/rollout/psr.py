@@ -18,6 +18,7 @@ import numpy as np
 from sepsis_rl.agent.fallback import Fallback, default_candidates, fallback_prescription
 from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE, parse_prescription, parse_proposal
 from sepsis_rl.agent.prompts import ObservationRenderer, render_simulation, system_prompt
+from sepsis_rl.agent.shaping import SafetyRules, ShapingConfig
 from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
 from sepsis_rl.cohort.spec import CohortSpec
 from sepsis_rl.rollout.engine import GenerationEngine, SamplingParams
@@ -42,6 +43,7 @@ class AgentConfig:
     temperature: float = 1.0
     proposal_tokens: int = 48
     prescription_tokens: int = 16
+    shaping: ShapingConfig = ShapingConfig()
 
 
 class PSRAgent:
@@ -50,6 +52,7 @@ class PSRAgent:
     def __init__(self, engine: GenerationEngine, tokenizer: Any, spec: CohortSpec, config: AgentConfig = AgentConfig()):
         self.engine, self.tok, self.spec, self.cfg = engine, tokenizer, spec, config
         self.renderer = ObservationRenderer(spec)
+        self.safety = SafetyRules(spec.feature_names, config.shaping)
         self.system = system_prompt(config.k, config.use_simulator)
         names = spec.feature_names
         self._idx = {key: next((names.index(n) for n in opts if n in names), None)
@@ -70,6 +73,20 @@ class PSRAgent:
             return full[len(prefix):]
         return f"<|im_end|>\n<|im_start|>user\n{tool}<|im_end|>\n<|im_start|>assistant\n"
 
+    def prompt_ids(self, observation: str) -> list[int]:
+        return self._encode(self._chat([{"role": "system", "content": self.system}, {"role": "user", "content": observation}]))
+
+    def teacher_segment(self, observation: str, prescription: str, proposal: str = "", tool_output: str = "") -> Segment:
+        """The segment a decision with these texts produces, token for token as in ``decide`` (for BC)."""
+        prompt = self.prompt_ids(observation)
+        seg = Segment(prompt_length=len(prompt))
+        seg.add(prompt, generated=False)
+        if self.cfg.use_simulator:
+            seg.add(self._encode(proposal), generated=True)
+            seg.add(self._encode(self._tool_block(observation, proposal, tool_output)), generated=False)
+        seg.add(self._encode(prescription), generated=True)
+        return seg
+
     def _current(self, state: np.ndarray) -> tuple[float, float, float]:
         return tuple(float(state[i]) if i is not None else float("nan") for i in self._idx.values())  # type: ignore[return-value]
 
@@ -78,8 +95,7 @@ class PSRAgent:
         """One decision for every episode in ``ids``; appends segments/decisions to ``records``; returns actions."""
         cfg = self.cfg
         obs_texts = [self.renderer.render(s, p, t, a) for s, p, t, a in zip(states, prev_states, steps, last_actions)]
-        prompts = [self._encode(self._chat([{"role": "system", "content": self.system}, {"role": "user", "content": o}]))
-                   for o in obs_texts]
+        prompts = [self.prompt_ids(o) for o in obs_texts]
         segments = [Segment(prompt_length=len(p)) for p in prompts]
         for seg, p in zip(segments, prompts):
             seg.add(p, generated=False)
@@ -119,8 +135,11 @@ class PSRAgent:
         for i, g in enumerate(rx):
             parsed = parse_prescription(g.text)
             actions[i] = parsed.actions[0] if parsed.ok else fallback_prescription(cfg.fallback, last_actions[i], cands[i], risks[i])
+            violations = self.safety.violations(states[i], int(actions[i]), last_actions[i])
+            failures = int(not parsed.ok) + int(bool(decisions[i]["proposal_failure"]))
             decisions[i].update(prescription_text=g.text, action=int(actions[i]),
-                                prescription_failure=parsed.failure.value if parsed.failure else "")
+                                prescription_failure=parsed.failure.value if parsed.failure else "",
+                                violations=violations, shaping=self.safety.shaping(violations, failures))
             segments[i].add(g.token_ids, generated=True, logprobs=g.logprobs)
             records[i].segments.append(segments[i])
             records[i].decisions.append(decisions[i])
@@ -146,7 +165,8 @@ def play_episodes(agent: PSRAgent, sim: Simulator, start_states: np.ndarray, epi
         dt = time.perf_counter() - t0
         for j, i in enumerate(live):
             rec = records[i]
-            rec.rewards.append(float(res.reward[j]))
+            rec.cohort_rewards.append(float(res.reward[j]))
+            rec.rewards.append(float(res.reward[j]) + rec.decisions[-1]["shaping"])
             rec.simulate_s += dt / live.size
             rec.died, rec.discharged, rec.truncated = bool(res.died[j]), bool(res.discharged[j]), bool(res.truncated[j])
             prev[i], last[i] = states[i].copy(), int(acts[j])

@@ -86,6 +86,20 @@ class TransformersEngine:
         logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
         return logp.gather(-1, torch.tensor(list(completion), device=self.device).unsqueeze(-1)).squeeze(-1).tolist()
 
+    @torch.no_grad()
+    def score_tokens(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0) -> list[list[float]]:
+        """For each sequence, log p(token t | tokens < t) for t = 1..L-1 (teacher forcing, one padded batch)."""
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)] = torch.tensor(list(s))
+            mask[i, : len(s)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return [logp[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+
 
 class _StopOnText(StoppingCriteria):
     """Stops a row once its *generated* text contains a stop string (the prompt never counts, as in vLLM)."""

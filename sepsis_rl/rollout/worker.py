@@ -21,6 +21,7 @@ from sepsis_rl.rollout.episodes import episodes_to_table
 from sepsis_rl.rollout.psr import AgentConfig, PSRAgent, play_episodes
 
 EPISODE_ID_STRIDE = 10**9  # episode ids: worker_id * stride + counter, unique across workers
+EVAL_ID_BASE = 10**15  # held-out evaluation episodes: fixed ids, so every evaluation meets the same simulator noise
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RolloutWorkerImpl:
         self.engine = make_engine(config.engine, config.model_path)
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, self.spec, config.agent)
         self._next = 0
+        self._starts_by_split = {config.split: self.starts}
         self.metrics = _metrics() if ray.is_initialized() else None
 
     def load_weights(self, state_dict: Mapping[str, Any]) -> None:
@@ -85,6 +87,30 @@ class RolloutWorkerImpl:
         table = episodes_to_table(records)
         self._report(table, time.perf_counter() - t0)
         return table
+
+    def evaluate(self, start_index: np.ndarray, split: str = "val", seed: int = 0, temperature: float | None = None) -> pa.Table:
+        """Held-out episodes from fixed start states with fixed episode ids: comparable across iterations."""
+        from dataclasses import replace
+
+        from sepsis_rl.rollout.starts import StartStates
+
+        if split not in self._starts_by_split:
+            self._starts_by_split[split] = StartStates.from_cohort(self.config.cohort_dir, split)
+        starts = self._starts_by_split[split]
+        agent = self.agent
+        if temperature is not None and temperature != self.config.agent.temperature:
+            agent = PSRAgent(self.engine, self.engine.tokenizer, self.spec, replace(self.config.agent, temperature=temperature))
+        idx = np.asarray(start_index, dtype=np.int64)
+        ids = EVAL_ID_BASE + self.worker_id * EPISODE_ID_STRIDE + np.arange(len(idx))
+        records = []
+        for lo in range(0, len(idx), self.config.batch_episodes):
+            sl = slice(lo, lo + self.config.batch_episodes)
+            records += play_episodes(agent, self.sim, starts.states[idx[sl]], ids[sl], ids[sl], idx[sl], seed=seed + lo)
+        return episodes_to_table(records)
+
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs at the sampling temperature (to check them against the learner's)."""
+        return self.engine.score_tokens(sequences, self.config.agent.temperature)
 
     def _report(self, table: pa.Table, seconds: float) -> None:
         if not self.metrics or table.num_rows == 0:

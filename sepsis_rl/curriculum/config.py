@@ -1,0 +1,186 @@
+"""Pipeline configuration: dataclasses, filled from the YAML presets shipped in ``sepsis_rl/configs``.
+
+One YAML file describes a whole run (cohort, world model, the three stages, rollout and cluster
+resources); the presets ``tiny``, ``cpu`` and ``gpu`` differ only in numbers. Unknown or mistyped keys
+are errors that name the file and the key path, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("tiny", "cpu", "gpu")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used (message names the file and the key)."""
+
+
+@dataclass
+class CohortStage:
+    patients: int = 10000
+    seed: int = 0
+
+
+@dataclass
+class WorldModelStage:
+    preset: str = "cpu"  # world_model/presets.py: tiny, cpu or gpu
+
+
+@dataclass
+class SFTStage:
+    """Stage 1, patient dynamics: (state, action) -> next state as text."""
+
+    samples: int = 256
+    heldout_samples: int = 32
+    epochs: int = 1
+    lr: float = 2e-5
+    micro_batch: int = 4
+    grad_accum: int = 1
+
+
+@dataclass
+class BCStage:
+    """Stage 2, PSR behaviour cloning: whole decisions with the clinician's action as the prescription."""
+
+    traces: int = 128
+    epochs: int = 1
+    lr: float = 2e-5
+    micro_batch: int = 4
+    grad_accum: int = 1
+    eval_states: int = 48  # held-out states for the action accuracy vs the clinician
+
+
+@dataclass
+class RLStage:
+    """Stage 3, world-model RL: GRPO (default) or PPO on PSR episodes played in the simulator pool."""
+
+    algorithm: str = "grpo"
+    iterations: int = 6
+    groups_per_iteration: int = 2  # start states per iteration
+    group_size: int = 4  # episodes per start state (GRPO's G)
+    max_steps: int = 3  # decisions per episode at most (the simulated horizon cap)
+    lr: float = 1e-5
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    clip_eps: float = 0.2
+    loss_agg: str = "token-mean"
+    micro_batch: int = 4
+    grad_accum: int = 1
+    gamma: float = 1.0
+    lam: float = 0.95
+    eval_states: int = 8  # held-out start states evaluated every eval_every iterations
+    eval_every: int = 1
+    eval_temperature: float = 0.0  # greedy: the held-out return then moves only when the policy does
+    checkpoint_every: int = 2
+    mismatch_samples: int = 4  # segments whose log-probs are compared learner vs engine after each sync
+
+
+@dataclass
+class RolloutSetup:
+    engine: str = "transformers"  # or vllm
+    workers: int = 1
+    batch_episodes: int = 8
+    k: int = 3
+    horizon: int = 3
+    temperature: float = 1.0
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class ClusterSetup:
+    learner_workers: int = 1
+    zero_stage: int = 1
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    bf16: bool = False
+    threads: int = 2
+    simulator_shards: int = 1
+    simulator_cpus: float = 0.25
+    weight_sync: str = "object_store"  # or nccl (GPUs + vLLM)
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "cpu"
+    base_model: str = "default"  # "default" (SmolLM2 from PyPI), "tiny" (random, tests), a local dir or hub id
+    seed: int = 0
+    heldout_split: str = "test"
+    cohort: CohortStage = field(default_factory=CohortStage)
+    world_model: WorldModelStage = field(default_factory=WorldModelStage)
+    sft: SFTStage = field(default_factory=SFTStage)
+    bc: BCStage = field(default_factory=BCStage)
+    rl: RLStage = field(default_factory=RLStage)
+    rollout: RolloutSetup = field(default_factory=RolloutSetup)
+    cluster: ClusterSetup = field(default_factory=ClusterSetup)
+
+    def __post_init__(self) -> None:
+        if self.rl.algorithm not in ("grpo", "ppo"):
+            raise ConfigError(f"rl.algorithm must be grpo or ppo, got {self.rl.algorithm!r}")
+        if self.rollout.engine not in ("transformers", "vllm"):
+            raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
+        if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
+            raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: Any, where: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'the file'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {'.'.join(filter(None, [where, unknown[0]]))} "
+                          f"(known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in data.items():
+        path = ".".join(filter(None, [where, key]))
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, path, source)
+        else:
+            kwargs[key] = _coerce(typ, value, path, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _coerce(typ: Any, value: Any, path: str, source: str) -> Any:
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, str, bool) and type(value) is not typ:
+        raise ConfigError(f"{source}: {path} must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def load_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """A preset name (tiny, cpu, gpu) or a YAML file path, with optional {"rl.iterations": 2} overrides."""
+    path = CONFIG_DIR / f"{name_or_path}.yaml" if name_or_path in PRESETS else Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no config {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return _build(PipelineConfig, data, "", str(path))
+
+
+def dump_config(config: PipelineConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,89 @@
+"""Stage 2 data: complete propose-simulate-refine decisions built from the cohort, and their held-out check.
+
+For a logged state the trace is: observation -> ``<propose>`` K candidates -> the *real* world model's
+simulation of each -> ``<prescribe>`` the clinician's action. Candidates follow a documented rule
+(``alternative_candidates``): the clinician's action and K-1 of its clinical neighbours, in random
+order so that a candidate's position says nothing about which one is prescribed. Tool-output tokens
+carry no loss; the tokens are laid out exactly as ``PSRAgent.decide`` lays them out at rollout time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sepsis_rl.agent.fallback import default_candidates
+from sepsis_rl.agent.grammar import render_prescription, render_proposal
+from sepsis_rl.agent.prompts import render_simulation
+from sepsis_rl.curriculum.cohort_rows import CohortRows
+from sepsis_rl.learner.batch import Sample
+from sepsis_rl.rollout.episodes import EpisodeRecord
+from sepsis_rl.rollout.psr import PSRAgent, Simulator
+
+CHUNK = 512  # decisions per simulate call
+
+
+def alternative_candidates(action: int, k: int, rng: np.random.Generator) -> list[int]:
+    """The clinician's action plus K-1 distinct neighbours drawn from: one fluid bin up, one vasopressor bin
+    up, one vasopressor bin down, one fluid bin down, no treatment (``default_candidates`` order), shuffled."""
+    neighbours = [a for a in default_candidates(action, k + 5) if a != action]
+    near = neighbours[: max(k - 1, 4)]
+    picks = [action] + [int(a) for a in rng.choice(near, size=k - 1, replace=False)]
+    rng.shuffle(picks)
+    return picks
+
+
+def _histories(rows: CohortRows, idx: np.ndarray, window: int) -> np.ndarray:
+    return np.stack([rows.history(int(i), window) for i in idx])
+
+
+def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    cfg = agent.cfg
+    out: list[Sample] = []
+    idx_all = rows.sample(n, rng)
+    for lo in range(0, len(idx_all), CHUNK):
+        idx = idx_all[lo:lo + CHUNK]
+        ids = np.arange(lo, lo + len(idx), dtype=np.int64)
+        sim.reset(ids, _histories(rows, idx, window))
+        cands = np.array([alternative_candidates(int(rows.action[i]), cfg.k, rng) for i in idx], dtype=np.int64)
+        res = sim.simulate(ids, cands, cfg.horizon) if cfg.use_simulator else None
+        for j, i in enumerate(idx):
+            prev, last = rows.previous(int(i))
+            obs = agent.renderer.render(rows.states[i], prev, int(rows.step[i]), last)
+            proposal = tool = ""
+            if res is not None:
+                proposal = render_proposal(list(cands[j]))
+                tool = render_simulation(list(cands[j]), res.map[j], res.lactate[j], res.sofa[j], res.risk_of_death[j],
+                                         res.uncertainty[j], agent._current(rows.states[i]))
+            seg = agent.teacher_segment(obs, render_prescription(int(rows.action[i])), proposal, tool)
+            out.append(Sample(seg.tokens, seg.loss_mask, value_index=seg.prompt_length - 1))
+        sim.release(ids)
+    return out
+
+
+def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int,
+                      batch: int = 16) -> dict[str, float]:
+    """The agent decides on ``n`` held-out logged states: accuracy vs the clinician and parse failures."""
+    idx_all = rows.sample(n, np.random.default_rng(seed + 1))
+    hits, failures, decisions = 0, 0, 0
+    for lo in range(0, len(idx_all), batch):
+        idx = idx_all[lo:lo + batch]
+        ids = np.arange(10**12 + lo, 10**12 + lo + len(idx), dtype=np.int64)
+        states = sim.reset(ids, _histories(rows, idx, window))
+        prevs, lasts = zip(*(rows.previous(int(i)) for i in idx))
+        records = [EpisodeRecord(int(e), int(e), int(i), agent.cfg.use_simulator) for e, i in zip(ids, idx)]
+        actions = agent.decide(sim, ids, np.asarray(states, dtype=np.float64), list(prevs), list(lasts),
+                               [int(rows.step[i]) for i in idx], records, seed + lo)
+        sim.release(ids)
+        hits += int(np.sum(actions == rows.action[idx]))
+        failures += sum(bool(r.decisions[0]["proposal_failure"]) + bool(r.decisions[0]["prescription_failure"]) for r in records)
+        decisions += len(idx)
+    per = 2 if agent.cfg.use_simulator else 1
+    return {"accuracy": hits / max(decisions, 1), "parse_failure_rate": failures / max(per * decisions, 1),
+            "decisions": decisions}
+
+
+def majority_rate(train: CohortRows, heldout: CohortRows) -> dict[str, float]:
+    """The majority-action baseline: how often the train split's most common action is the held-out one."""
+    mode = int(np.bincount(train.action, minlength=25).argmax())
+    return {"majority_action": mode, "majority_rate": float(np.mean(heldout.action == mode))}

@@ -1,0 +1,227 @@
+"""Stage 3: world-model agentic RL (GRPO by default, PPO) with rollout workers, the simulator pool and the learner.
+
+One iteration: rollout workers play G episodes from each of a few training start states (propose,
+simulate, refine inside the world model) -> the learner scores the episodes' tokens (the behaviour
+log-prob mismatch, and PPO's values) -> advantages (group-normalised returns, or GAE over decisions) ->
+one pass of clipped policy-gradient updates -> weights to the engines -> learner vs engine log-prob
+check after the sync -> every ``eval_every`` iterations, greedy episodes from fixed held-out start
+states. Every ``checkpoint_every`` iterations an atomic DeepSpeed checkpoint (model, optimizer, RNG,
+iteration, history) lets a killed run continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from tqdm.auto import tqdm
+
+from sepsis_rl.checkpoint import replace_dir
+from sepsis_rl.curriculum.config import PipelineConfig
+from sepsis_rl.curriculum.run_dir import RunDir
+from sepsis_rl.curriculum.supervised import learner_config
+from sepsis_rl.learner.batch import assign_gae, assign_grpo_advantages, samples_from_episodes
+from sepsis_rl.learner.group import LearnerGroup
+from sepsis_rl.learner.weight_sync import behaviour_mismatch, logprob_mismatch, make_weight_sync
+from sepsis_rl.rollout.psr import AgentConfig
+from sepsis_rl.rollout.starts import StartStates
+from sepsis_rl.rollout.worker import EPISODE_ID_STRIDE, EVAL_ID_BASE, RolloutWorker, WorkerConfig
+from world_model.pool import PoolConfig, SimulatorPool
+from world_model.simulation import SimulationConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RLInputs:
+    init_model: str  # HF checkpoint the policy starts from (stage 2's output)
+    cohort_dir: str
+    world_model_dir: str
+    out_model: str  # where the trained policy is exported
+
+
+def agent_config(cfg: PipelineConfig) -> AgentConfig:
+    ro = cfg.rollout
+    return AgentConfig(k=ro.k, horizon=ro.horizon, temperature=ro.temperature)
+
+
+def eval_starts(cfg: PipelineConfig, cohort_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed held-out start states: (indices into the split's start states, the states)."""
+    starts = StartStates.from_cohort(cohort_dir, cfg.heldout_split)
+    idx = np.sort(np.random.default_rng(cfg.seed + 17).choice(len(starts.states), size=min(n, len(starts.states)), replace=False))
+    return idx, starts.states[idx]
+
+
+class RLStage:
+    def __init__(self, cfg: PipelineConfig, run: RunDir, inputs: RLInputs):
+        self.cfg, self.run, self.inputs = cfg, run, inputs
+        rl, ro, cl = cfg.rl, cfg.rollout, cfg.cluster
+        self.pool = SimulatorPool(inputs.world_model_dir, SimulationConfig(max_steps=rl.max_steps, seed=cfg.seed),
+                                  PoolConfig(num_shards=cl.simulator_shards, num_cpus_per_shard=cl.simulator_cpus))
+        wcfg = WorkerConfig(model_path=inputs.init_model, cohort_dir=inputs.cohort_dir, split="train", engine=ro.engine,
+                            agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads)
+        self.workers = [RolloutWorker.options(num_cpus=ro.cpus_per_worker, num_gpus=ro.gpus_per_worker).remote(i, wcfg, self.pool)
+                        for i in range(ro.workers)]
+        self.learner = LearnerGroup(learner_config(
+            cl, inputs.init_model, rl.algorithm, rl.lr, rl.micro_batch, rl.grad_accum, cfg.seed, temperature=ro.temperature,
+            clip_eps=rl.clip_eps, kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, gamma=rl.gamma,
+            lam=rl.lam))
+        self.sync = make_weight_sync(cl.weight_sync)
+        self.checkpoint = run.path("rl", "checkpoints", "latest")
+        self.eval_idx, _ = eval_starts(cfg, inputs.cohort_dir, rl.eval_states)
+
+    # ----------------------------------------------------------------------------- one iteration
+    def rollouts(self, iteration: int) -> tuple[pa.Table, float]:
+        rl = self.cfg.rl
+        n = len(self.workers)
+        groups = [rl.groups_per_iteration // n + (i < rl.groups_per_iteration % n) for i in range(n)]
+        t0 = time.perf_counter()
+        calls = [w.run.remote(g * rl.group_size, rl.group_size, self.cfg.seed * 100003 + iteration)
+                 for w, g in zip(self.workers, groups) if g]
+        tables = ray.get(calls, timeout=self.learner.timeout * 4)
+        return pa.concat_tables(tables), time.perf_counter() - t0
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy (by default) episodes from the fixed held-out starts, split over the workers."""
+        rl = self.cfg.rl
+        parts = np.array_split(self.eval_idx, len(self.workers))
+        calls = [w.evaluate.remote(p, self.cfg.heldout_split, self.cfg.seed, rl.eval_temperature)
+                 for w, p in zip(self.workers, parts) if len(p)]
+        table = pa.concat_tables(ray.get(calls, timeout=self.learner.timeout * 4))
+        return episode_stats(table, "heldout_")
+
+    def iterate(self, iteration: int) -> dict[str, Any]:
+        rl = self.cfg.rl
+        table, rollout_s = self.rollouts(iteration)
+        samples = samples_from_episodes(table)
+        t0 = time.perf_counter()
+        scored = self.learner.evaluate(samples)
+        score_s = time.perf_counter() - t0
+        before = behaviour_mismatch(samples, [lp for lp, _ in scored])
+        if rl.algorithm == "ppo":
+            for s, (_, v) in zip(samples, scored):
+                s.old_value = v
+            assign_gae(samples, table, rl.gamma, rl.lam)
+        else:
+            assign_grpo_advantages(samples, table)
+        update = self.learner.train(samples, rl.algorithm)
+        sync = self.sync.sync(self.learner, self.workers)
+        after = logprob_mismatch(self.learner, self.workers[0], samples[: rl.mismatch_samples])
+        n_workers = len(self.workers)
+        gen_s = float(np.sum(table.column("generate_s").to_numpy())) / n_workers
+        sim_s = float(np.sum(table.column("simulate_s").to_numpy())) / n_workers
+        rec: dict[str, Any] = {
+            "iteration": iteration + 1, **episode_stats(table, "train_"),
+            "loss": update["loss"], "policy_loss": update.get("policy_loss"), "kl": update.get("kl"),
+            "value_loss": update.get("value_loss"), "clip_frac": update.get("clip_frac"), "grad_norm": update.get("grad_norm"),
+            "trained_tokens": update["tokens"], "tokens_per_s": update["tokens_per_s"],
+            "behaviour_logprob_mismatch": before["mean_abs"], "logprob_mismatch_after_sync": after["mean_abs"],
+            "logprob_mismatch_after_sync_max": after["max_abs"],
+            "time": {"rollout_s": rollout_s, "generate_s": gen_s, "simulate_s": sim_s, "score_s": score_s,
+                     "update_s": update["wall_s"], "sync_s": sync["sync_s"]},
+        }
+        if (iteration + 1) % rl.eval_every == 0 or iteration + 1 == rl.iterations:
+            rec.update(self.evaluate())
+        return rec
+
+    # ----------------------------------------------------------------------------------- driver
+    def save(self, iteration: int, history: list[dict[str, Any]]) -> None:
+        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.learner.save(str(tmp), {"iteration": iteration, "history": history, "config": self.cfg.to_dict()})
+        replace_dir(tmp, self.checkpoint)
+
+    def run_all(self) -> dict[str, Any]:
+        rl = self.cfg.rl
+        start, history = 0, []
+        if self.checkpoint.exists():
+            client = self.learner.load(str(self.checkpoint))
+            start, history = int(client["iteration"]), list(client["history"])
+            self.sync.sync(self.learner, self.workers)  # the engines start from the checkpoint's weights
+            log.info("resumed RL from %s at iteration %d", self.checkpoint, start)
+            self.run.log("rl", event="resumed", iteration=start)
+        if start == 0:
+            base = {"iteration": 0, **self.evaluate()}
+            history.append(base)
+            self.run.log("rl", **base)
+        with tqdm(total=rl.iterations, initial=start, desc=f"rl ({rl.algorithm}): iterations", unit="it") as bar:
+            for it in range(start, rl.iterations):
+                rec = self.iterate(it)
+                history.append(rec)
+                self.run.log("rl", **rec)
+                self.learner.workers[0].report.remote(_gauges(rec))
+                bar.update(1)
+                bar.set_postfix(ret=f"{rec['train_mean_return']:.2f}", held=f"{rec.get('heldout_mean_return', float('nan')):.2f}")
+                if (it + 1) % rl.checkpoint_every == 0 or it + 1 == rl.iterations:
+                    self.save(it + 1, history)
+        self.learner.export(self.inputs.out_model)
+        return summarise(history)
+
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """Clinician and random policies from the agent's held-out starts, with the agent's episode ids (paired noise)."""
+        from sepsis_rl.cohort.store import read_spec
+        from sepsis_rl.curriculum.baselines import clinician_policy, play_policy, random_policy
+
+        names = read_spec(self.inputs.cohort_dir).feature_names
+        idx, states = eval_starts(self.cfg, self.inputs.cohort_dir, self.cfg.rl.eval_states)
+        parts = np.array_split(np.arange(len(idx)), len(self.workers))
+        ids = np.concatenate([EVAL_ID_BASE + w * EPISODE_ID_STRIDE + np.arange(len(p)) for w, p in enumerate(parts)])
+        out = {"random": play_policy(self.pool, random_policy(self.cfg.seed), states, ids)}
+        try:
+            out["clinician"] = play_policy(self.pool, clinician_policy(names, len(ids), self.cfg.seed), states, ids)
+        except ValueError as e:  # an imported cohort without the synthetic behaviour policy's features
+            log.warning("no clinician baseline in the world model: %s", e)
+        return out
+
+    def shutdown(self) -> None:
+        self.learner.shutdown()
+        for w in self.workers:
+            ray.kill(w)
+        self.pool.shutdown()
+
+
+def episode_stats(table: pa.Table, prefix: str) -> dict[str, float]:
+    if table.num_rows == 0:
+        return {}
+    decisions = int(np.sum(table.column("length").to_numpy()))
+    per = 2 if table.column("use_simulator")[0].as_py() else 1
+    return {
+        f"{prefix}mean_return": float(np.mean(table.column("return").to_numpy())),
+        f"{prefix}mean_cohort_return": float(np.mean(table.column("cohort_return").to_numpy())),
+        f"{prefix}mortality": float(np.mean(table.column("died").to_numpy())),
+        f"{prefix}parse_failure_rate": float(np.sum(table.column("parse_failures").to_numpy())) / max(per * decisions, 1),
+        f"{prefix}episodes": table.num_rows, f"{prefix}decisions": decisions,
+    }
+
+
+def _gauges(rec: dict[str, Any]) -> dict[str, float]:
+    keys = ("loss", "kl", "tokens_per_s", "train_mean_return", "heldout_mean_return", "logprob_mismatch_after_sync",
+            "behaviour_logprob_mismatch")
+    out = {k: float(rec[k]) for k in keys if rec.get(k) is not None and np.isfinite(rec[k])}
+    out.update({f"{k}": float(v) for k, v in rec["time"].items()})
+    return out
+
+
+def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
+    iters = [h for h in history if h["iteration"] > 0]
+    return {
+        "iterations": len(iters),
+        "heldout_mean_return": [h.get("heldout_mean_return") for h in history],
+        "heldout_mean_cohort_return": [h.get("heldout_mean_cohort_return") for h in history],
+        "heldout_iteration": [h["iteration"] for h in history],
+        "train_mean_return": [h["train_mean_return"] for h in iters],
+        "parse_failure_rate": [h["train_parse_failure_rate"] for h in iters],
+        "logprob_mismatch_after_sync": [h["logprob_mismatch_after_sync"] for h in iters],
+        "behaviour_logprob_mismatch": [h["behaviour_logprob_mismatch"] for h in iters],
+        "time_per_iteration": [h["time"] for h in iters],
+        "history": history,
+    }

@@ -1,0 +1,66 @@
+"""The run directory: every stage's output, the progress state that ``--resume`` reads, and the logs.
+
+```
+RUN_DIR/config.yaml        the resolved configuration (a resumed run must match it)
+RUN_DIR/state.json         completed stages and their outputs (rewritten atomically after each stage)
+RUN_DIR/metrics.jsonl      one JSON object per logged event (stage, iteration, metrics)
+RUN_DIR/summary.json       per-stage metrics, for people and for the evaluation/serving tools
+RUN_DIR/cohort/ world_model/ sft/model/ bc/model/ rl/model/ rl/checkpoints/
+RUN_DIR/agent/             the final agent: HF checkpoint (model/), world model, agent config
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_file, self.summary_file = self.root / "state.json", self.root / "summary.json"
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
+        self.summary: dict[str, Any] = json.loads(self.summary_file.read_text()) if self.summary_file.exists() else {"stages": {}}
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["stages"]
+
+    def output(self, stage: str) -> str:
+        return self.state["stages"][stage]["output"]
+
+    def complete(self, stage: str, output: str, metrics: dict[str, Any]) -> None:
+        """Record a finished stage (its output already written atomically) and its metrics."""
+        self.summary["stages"][stage] = metrics
+        write_json_atomic(self.summary_file, self.summary)
+        self.state["stages"][stage] = {"output": str(output), "finished": time.time()}
+        write_json_atomic(self.state_file, self.state)
+
+    def set_summary(self, key: str, value: Any) -> None:
+        self.summary[key] = value
+        write_json_atomic(self.summary_file, self.summary)
+
+    def log(self, stage: str, **metrics: Any) -> None:
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"ts": time.time(), "stage": stage, **metrics}, default=_jsonable) + "\n")

@@ -1,0 +1,71 @@
+"""The tiny pipeline end to end through the CLI, killed in the middle of RL and resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _cmd(out, *extra):
+    return [sys.executable, "-m", "sepsis_rl.cli", "pipeline", "--preset", "tiny", "--out", str(out), "--no-dashboard",
+            "--set", "rl.iterations=3", *extra]
+
+
+def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_model_dir):
+    out = tmp_path / "run"
+    ckpt = out / "rl" / "checkpoints" / "latest"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_cmd(out), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 400
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (Ray included)
+        proc.wait()
+    assert ckpt.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert {"cohort", "world_model", "sft", "bc"} <= set(state["stages"]) and "rl" not in state["stages"]
+
+    # the same command without --resume refuses to touch the run; with --resume it continues
+    refused = subprocess.run(_cmd(out), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    done = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["iteration"] >= 1
+    summary = json.loads((out / "summary.json").read_text())
+    rl = summary["stages"]["rl"]
+    assert [h["iteration"] for h in rl["history"]] == [0, 1, 2, 3]  # no iteration lost or repeated
+    assert rl["iterations"] == 3 and len(rl["train_mean_return"]) == 3
+    assert all(m < 1e-3 for m in rl["logprob_mismatch_after_sync"])
+    assert set(rl["time_per_iteration"][0]) == {"rollout_s", "generate_s", "simulate_s", "score_s", "update_s", "sync_s"}
+    sft, bc = summary["stages"]["sft"], summary["stages"]["bc"]
+    assert sft["loss_end"] < sft["loss_start"] and sft["heldout_nll_end"] < sft["heldout_nll_start"]
+    assert 0 <= bc["action_accuracy"] <= 1 and 0 <= bc["majority_rate"] <= 1
+    cmp = summary["heldout_comparison"]
+    assert {"agent", "agent_before_rl", "clinician", "random"} <= set(cmp)
+    for stage in ("cohort", "world_model", "sft", "bc", "rl", "final"):
+        assert summary["stages"][stage]["wall_s"] >= 0
+    agent = out / "agent"
+    assert (agent / "model" / "config.json").exists() and (agent / "model" / "model.safetensors").exists()
+    assert (agent / "world_model" / "config.json").exists() and (agent / "agent.yaml").exists()
+
+
+def test_pipeline_config_errors_are_clear(tmp_path):
+    from sepsis_rl.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl: {iteratons: 3}\n")
+    assert main(["pipeline", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    bad.write_text("rl: {iterations: three}\n")
+    with pytest.raises(Exception, match="rl.iterations must be int"):
+        from sepsis_rl.curriculum.config import load_config
+
+        load_config(str(bad))
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "r"), "--set", "nonsense"]) == 2
+    assert not (tmp_path / "r").exists()
