@@ -102,3 +102,22 @@ def test_observation_and_tool_rendering():
                              np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9))
     assert "F2V1: MAP 58->66 mmHg, lactate 4.2->3.0 mmol/L, SOFA 9->8, death risk 12%" in tool
     assert "<propose>" in system_prompt(3) and "<propose>" not in system_prompt(3, use_simulator=False)
+
+
+def test_safety_rules_and_shaping_by_hand():
+    from sepsis_rl.agent.shaping import SafetyRules, ShapingConfig
+
+    names = ["MeanBP", "cumulated_balance", "PaO2_FiO2"]
+    rules = SafetyRules(names, ShapingConfig(safety_penalty=2.0, format_penalty=0.5))
+    calm = np.array([85.0, 1000.0, 300.0])
+    assert rules.violations(calm, action=1, last_action=0) == ["vaso_escalation_high_map"]  # V0 -> V1 at MAP 85
+    assert rules.violations(calm, action=1, last_action=1) == []  # keeping the dose is not escalating
+    assert rules.violations(np.array([60.0, 1000.0, 300.0]), action=2, last_action=None) == []  # MAP low: allowed
+    overloaded = np.array([70.0, 6000.0, 300.0])
+    assert rules.violations(overloaded, action=15, last_action=None) == ["fluid_in_overload"]  # F3V0
+    assert rules.violations(overloaded, action=10, last_action=None) == []  # F2 is under the large-fluid bin
+    assert rules.violations(np.array([90.0, 0.0, 150.0]), action=16, last_action=0) == [
+        "vaso_escalation_high_map", "fluid_in_overload"]
+    assert rules.shaping(["a", "b"], parse_failures=1) == pytest.approx(-2.0 * 2 - 0.5)
+    # a cohort without these features: the rules are skipped, never guessed
+    assert SafetyRules(["HR"]).violations(np.array([80.0]), action=24, last_action=0) == []

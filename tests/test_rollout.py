@@ -39,6 +39,9 @@ def test_episode_bookkeeping_is_exact(setup):
     for ep in table.to_pylist():
         assert ep["length"] == len(ep["decisions"]) == len(ep["tokens"]) == len(ep["rewards"]) <= 3
         assert ep["return"] == pytest.approx(sum(ep["rewards"]))
+        # what RL optimises = the cohort reward + the documented safety/format shaping, per step
+        assert ep["return"] == pytest.approx(ep["cohort_return"] + sum(d["shaping"] for d in ep["decisions"]), abs=1e-4)
+        assert all(d["shaping"] <= -1.0 * bool(d["proposal_failure"] or d["prescription_failure"]) for d in ep["decisions"])
         assert ep["died"] or ep["discharged"] or ep["truncated"]
         generated = 0
         for tokens, mask, logp, plen, d in zip(ep["tokens"], ep["loss_mask"], ep["logprobs"], ep["prompt_lengths"], ep["decisions"]):

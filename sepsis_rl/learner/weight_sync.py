@@ -2,9 +2,10 @@
 
 - ``ObjectStoreSync`` (CPU, any cluster): rank 0 gathers the LM's weights, puts them once in the Ray
   object store, and every rollout worker loads them from there (one copy per node, zero-copy reads).
-- ``NcclBroadcastSync`` (GPUs with vLLM): rank 0 and the engines join one NCCL group and the weights
-  are broadcast tensor by tensor, GPU to GPU; the engines must implement ``init_weight_group`` and
-  ``receive_weights`` (``VLLMEngine`` does). It refuses to start without CUDA.
+- ``NcclBroadcastSync`` (GPUs with vLLM): vLLM's own trainer-side NCCL weight transfer
+  (``learner/nccl_sync.py``): rank 0 and the engines' workers form one NCCL group and the weights are
+  broadcast GPU to GPU in packed buffers; the engines receive in place (``VLLMEngine`` built with
+  ``weight_transfer="nccl"``). It refuses to start without CUDA.
 
 ``logprob_mismatch`` is the check: the learner's and an engine's log-probabilities of the same tokens
 after a sync. A mismatch that grows is the classic silent bug of RL-for-LLM systems (stale or wrongly
@@ -36,7 +37,7 @@ class ObjectStoreSync:
 
 
 class NcclBroadcastSync:
-    """GPU path: one NCCL group of learner rank 0 + every engine; tensors are broadcast in place."""
+    """GPU path: vLLM's NCCL weight transfer; learner rank 0 broadcasts, every engine receives in place."""
 
     def __init__(self) -> None:
         import torch
@@ -45,22 +46,13 @@ class NcclBroadcastSync:
             raise RuntimeError("NCCL weight sync needs CUDA GPUs; on CPU set weight_sync: object_store")
         self._ready = False
 
-    def _init(self, learner: LearnerGroup, rollout_workers: Sequence[Any]) -> None:
-        host, port = ray.get(learner.workers[0].address.remote())
-        world = 1 + len(rollout_workers)
-        calls = [learner.workers[0].init_weight_group.remote(host, port, 0, world)]
-        calls += [w.init_weight_group.remote(host, port, i + 1, world) for i, w in enumerate(rollout_workers)]
-        ray.get(calls, timeout=learner.timeout)
-        self._ready = True
-
     def sync(self, learner: LearnerGroup, rollout_workers: Sequence[Any]) -> dict[str, float]:
         t0 = time.perf_counter()
         if not self._ready:
-            self._init(learner, rollout_workers)
-        meta = ray.get(learner.workers[0].weight_meta.remote(), timeout=learner.timeout)
-        receives = [w.receive_weights.remote(meta) for w in rollout_workers]
-        learner._all("broadcast_weights")  # every rank: ZeRO-3 gathers are collective; rank 0 sends
-        ray.get(receives, timeout=learner.timeout)
+            host, port = ray.get(learner.workers[0].address.remote(), timeout=learner.timeout)
+            learner._all("init_nccl_sync", host, port, 1 + len(rollout_workers), list(rollout_workers))
+            self._ready = True
+        learner._all("send_weights")
         return {"sync_s": time.perf_counter() - t0}
 
 

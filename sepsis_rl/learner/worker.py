@@ -163,6 +163,17 @@ class LearnerWorkerImpl:
         state = self._full_lm_state()
         return [ray.put(state)] if state is not None else []
 
+    # ------------------------------------------------------- NCCL weight broadcast (GPU + vLLM only)
+    def init_nccl_sync(self, host: str, port: int, world_size: int, rollout_workers: list[Any]) -> None:
+        """Join vLLM's trainer-side NCCL weight transfer (rank 0 sends; the others join ZeRO-3 gathers)."""
+        from sepsis_rl.learner.nccl_sync import trainer_engine
+
+        self._sender = trainer_engine(self.engine.module.lm, self.rank, host, port, world_size, rollout_workers,
+                                      zero3=self.cfg.zero_stage == 3)
+
+    def send_weights(self) -> None:
+        self._sender.send_weights()
+
     def export(self, out_dir: str) -> None:
         """Write the LM as a plain HF checkpoint (safetensors) with its tokenizer (rank 0 writes)."""
         state = self._full_lm_state()

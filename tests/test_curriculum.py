@@ -1,0 +1,95 @@
+"""Stage 1 and 2 data builders: masks, token layout identical to rollouts, candidate rule; config loading."""
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from sepsis_rl.agent.grammar import parse_prescription, parse_proposal
+from sepsis_rl.cohort.store import read_spec
+from sepsis_rl.curriculum.cohort_rows import CohortRows
+from sepsis_rl.curriculum.config import PRESETS, ConfigError, load_config
+from sepsis_rl.curriculum.dynamics_sft import dynamics_samples
+from sepsis_rl.curriculum.psr_traces import alternative_candidates, majority_rate, psr_traces
+from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
+from world_model.simulation import SimulationConfig, WorldModelSimulator
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_world):
+    return CohortRows.load(tiny_world[0], "train")
+
+
+def test_cohort_rows_history_and_previous(rows):
+    i = next(i for i in range(len(rows.step)) if rows.step[i] == 2)
+    prev, last = rows.previous(i)
+    assert np.array_equal(prev, rows.states[i - 1]) and last == rows.action[i - 1]
+    h = rows.history(i, 5)  # 3 real states, front-padded with the first
+    assert h.shape == (5, rows.states.shape[1])
+    assert np.array_equal(h[0], rows.states[i - 2]) and np.array_equal(h[2], rows.states[i - 2]) and np.array_equal(h[-1], rows.states[i])
+    first = next(i for i in range(len(rows.step)) if rows.step[i] == 0)
+    assert rows.previous(first) == (None, None)
+
+
+def test_dynamics_samples_train_only_on_the_answer(rows, tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = dynamics_samples(rows, tok, 4, seed=0)
+    assert len(samples) == 4
+    for s in samples:
+        answer = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if m])
+        prompt = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if not m])
+        assert answer.startswith("MAP ") and "mmHg" in answer and answer.rstrip().endswith("<|im_end|>")
+        assert "Treatment for the next 4 h: F" in prompt and "MAP" in prompt
+        assert s.loss_mask == sorted(s.loss_mask)  # the answer is one block at the end
+
+
+def test_alternative_candidates_rule():
+    rng = np.random.default_rng(0)
+    for action in (0, 7, 24):
+        for k in (2, 3, 4):
+            c = alternative_candidates(action, k, rng)
+            assert len(c) == k == len(set(c)) and action in c and all(0 <= a < 25 for a in c)
+    positions = [alternative_candidates(12, 3, rng).index(12) for _ in range(300)]
+    assert set(positions) == {0, 1, 2}  # the prescribed one is not always first
+
+
+def test_psr_traces_match_the_rollout_layout(rows, tiny_world, tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = read_spec(tiny_world[0])
+    agent = PSRAgent(None, tok, spec, AgentConfig(k=3, horizon=2))
+    model = tiny_world[1]
+    sim = WorldModelSimulator(model, SimulationConfig(seed=0))
+    samples = psr_traces(rows, agent, sim, model.window, 6, seed=0)
+    assert len(samples) == 6 and sim.live_episodes == 0
+    for s in samples:
+        spans, cur = [], []
+        for t, m in zip(s.tokens, s.loss_mask):  # contiguous generated spans: proposal, then prescription
+            if m:
+                cur.append(t)
+            elif cur:
+                spans.append(cur)
+                cur = []
+        spans.append(cur)
+        proposal, prescription = (tok.decode(x) for x in spans)
+        cands = parse_proposal(proposal, 3)
+        chosen = parse_prescription(prescription)
+        assert cands.ok and chosen.ok and chosen.actions[0] in cands.actions
+        assert "<simulation" in tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if not m])
+        # the value is read at the last prompt token: right before the first generated token
+        assert s.loss_mask[s.value_index] == 0 and s.loss_mask[s.value_index + 1] == 1
+    assert 0 < majority_rate(rows, rows)["majority_rate"] < 1
+
+
+def test_presets_load_and_bad_keys_are_named(tmp_path):
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert cfg.name == name
+    assert load_config("tiny", {"rl.iterations": 5}).rl.iterations == 5
+    bad = tmp_path / "x.yaml"
+    bad.write_text("cluster: {learner_worker: 2}\n")
+    with pytest.raises(ConfigError, match="unknown key cluster.learner_worker"):
+        load_config(str(bad))
+    bad.write_text("rl: {algorithm: dqn}\n")
+    with pytest.raises(ConfigError, match="grpo or ppo"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_config("nope")
