@@ -9,6 +9,7 @@ from its config). Nothing is fetched from a model hub.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -71,6 +72,11 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
+    # the weights are plain fp32 now: a leftover "gguf" quantization_config makes vLLM refuse the folder
+    cfg_file = Path(out_dir) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.pop("quantization_config", None) is not None:
+        cfg_file.write_text(json.dumps(cfg, indent=2))
 
 
 def pull_default(force: bool = False) -> Path:
@@ -107,8 +113,13 @@ def resolve_base_model(name: str | None) -> str:
 
 
 def build_tiny_model(tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0, hidden: int = 64,
-                     layers: int = 2) -> Path:
-    """A tiny randomly initialised Llama with the given tokenizer, saved as a normal model folder (tests)."""
+                     layers: int = 2, heads: int = 2) -> Path:
+    """A tiny randomly initialised Llama with the given tokenizer, saved as a normal model folder (tests).
+
+    Head size ``hidden // heads`` is 32 by default: the smallest that vLLM's CPU attention accepts
+    (32, 64, 80, 96, 112, 128, ...), so the same tiny model runs on both engines. Grouped-query
+    attention as in the default model (``heads // 2`` key/value heads).
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -116,7 +127,7 @@ def build_tiny_model(tokenizer_dir: str | Path, out_dir: str | Path, seed: int =
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)

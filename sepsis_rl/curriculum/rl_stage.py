@@ -50,6 +50,16 @@ def agent_config(cfg: PipelineConfig) -> AgentConfig:
     return AgentConfig(k=ro.k, horizon=ro.horizon, temperature=ro.temperature)
 
 
+def engine_options(cfg: PipelineConfig) -> dict[str, Any]:
+    """vLLM engines on GPUs: the learner's dtype, and NCCL weight transfer when the sync uses it."""
+    if cfg.rollout.engine != "vllm":
+        return {}
+    opts: dict[str, Any] = {"dtype": "bfloat16" if cfg.cluster.bf16 else "float32"}
+    if cfg.cluster.weight_sync == "nccl":
+        opts["weight_transfer"] = "nccl"
+    return opts
+
+
 def eval_starts(cfg: PipelineConfig, cohort_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed held-out start states: (indices into the split's start states, the states)."""
     starts = StartStates.from_cohort(cohort_dir, cfg.heldout_split)
@@ -64,7 +74,8 @@ class RLStage:
         self.pool = SimulatorPool(inputs.world_model_dir, SimulationConfig(max_steps=rl.max_steps, seed=cfg.seed),
                                   PoolConfig(num_shards=cl.simulator_shards, num_cpus_per_shard=cl.simulator_cpus))
         wcfg = WorkerConfig(model_path=inputs.init_model, cohort_dir=inputs.cohort_dir, split="train", engine=ro.engine,
-                            agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads)
+                            agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads,
+                            engine_options=engine_options(cfg))
         self.workers = [RolloutWorker.options(num_cpus=ro.cpus_per_worker, num_gpus=ro.gpus_per_worker).remote(i, wcfg, self.pool)
                         for i in range(ro.workers)]
         self.learner = LearnerGroup(learner_config(

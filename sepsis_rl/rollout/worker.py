@@ -33,17 +33,20 @@ class WorkerConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     batch_episodes: int = 8  # episodes played concurrently (one generate call per decision for all)
     threads: int = 1
+    engine_options: dict = field(default_factory=dict)  # engine constructor options (vLLM: dtype, weight_transfer, ...)
 
 
-def make_engine(kind: str, model_path: str) -> Any:
+def make_engine(kind: str, model_path: str, **options: Any) -> Any:
+    """The generation engine ``kind`` on ``model_path``; ``options`` go to its constructor
+    (e.g. ``weight_transfer="nccl"`` for a GPU vLLM engine that receives NCCL weight broadcasts)."""
     if kind == "transformers":
         from sepsis_rl.rollout.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model_path)
+        return TransformersEngine(model_path, **options)
     if kind == "vllm":
-        raise NotImplementedError(
-            "the vLLM engine is not available in this build yet; use --engine transformers (see the project issues)"
-        )
+        from sepsis_rl.rollout.vllm_engine import VLLMEngine  # vLLM itself is imported inside, with a clear error
+
+        return VLLMEngine(model_path, **options)
     raise ValueError(f"unknown engine {kind!r} (choose transformers or vllm)")
 
 
@@ -57,7 +60,7 @@ class RolloutWorkerImpl:
         from sepsis_rl.rollout.starts import StartStates
 
         self.starts = StartStates.from_cohort(config.cohort_dir, config.split)
-        self.engine = make_engine(config.engine, config.model_path)
+        self.engine = make_engine(config.engine, config.model_path, **config.engine_options)
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, self.spec, config.agent)
         self._next = 0
         self._starts_by_split = {config.split: self.starts}
@@ -107,6 +110,14 @@ class RolloutWorkerImpl:
             sl = slice(lo, lo + self.config.batch_episodes)
             records += play_episodes(agent, self.sim, starts.states[idx[sl]], ids[sl], ids[sl], idx[sl], seed=seed + lo)
         return episodes_to_table(records)
+
+    WEIGHT_TRANSFER_CALLS = ("init_weight_transfer_engine", "start_weight_update", "update_weights", "finish_weight_update")
+
+    def engine_call(self, method: str, *args: Any) -> None:
+        """The vLLM NCCL weight-transfer protocol, driven by the learner (``learner/nccl_sync.py``)."""
+        if method not in self.WEIGHT_TRANSFER_CALLS:
+            raise ValueError(f"{method!r} is not a weight-transfer call ({', '.join(self.WEIGHT_TRANSFER_CALLS)})")
+        getattr(self.engine, method)(*args)
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         """Teacher-forced log-probs at the sampling temperature (to check them against the learner's)."""
