@@ -2,9 +2,12 @@
 
     python benchmarks/rollout.py [--model default|DIR] [--world-model DIR --cohort DIR] [--episodes 8]
 
-The bare engine generates, in this process, the first-decision proposal prompts of the same start
-states with the same sampling settings; the overhead ratio is the workers' generated tokens/s over the
-bare engine's. Without --world-model a small cohort and a tiny world model are made first.
+Like for like: the generate calls one rollout worker made (every proposal and prescription batch,
+rebuilt token for token from its episodes) are replayed on the bare engine in this process, with the
+same batches, sampling settings and thread count (1); the overhead ratio is the worker's generated
+tokens/s over the bare engine's. Scaling: 2 workers (1 thread each) over 1. Without --world-model a
+small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained agent (a run's
+``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
 """
 
 from __future__ import annotations
@@ -20,12 +23,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from sepsis_rl.agent.grammar import PROPOSE_CLOSE
-from sepsis_rl.cohort.store import read_spec
+from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE
 from sepsis_rl.models import resolve_base_model
 from sepsis_rl.rollout.engine import SamplingParams
-from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
-from sepsis_rl.rollout.starts import StartStates
+from sepsis_rl.rollout.psr import AgentConfig
 from sepsis_rl.rollout.transformers_engine import TransformersEngine
 from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig
 from world_model.pool import PoolConfig, SimulatorPool, in_memory_model
@@ -45,29 +46,49 @@ def world(args: argparse.Namespace, tmp: Path):
     return train_world_model(cohort, get_preset("tiny")).model, cohort
 
 
-def bare_engine(model_path: str, cohort: str, n: int, agent_cfg: AgentConfig) -> dict:
+def generation_calls(table: pa.Table, k_tokens: tuple[int, int]) -> list[tuple[list[list[int]], int, str]]:
+    """The generate calls the workers made, rebuilt from their episodes: per decision index, one batch of
+    proposal prompts, then one batch of prescription prompts (prompt + proposal + tool output)."""
+    calls = []
+    tokens, masks, plens = (table.column(c).to_pylist() for c in ("tokens", "loss_mask", "prompt_lengths"))
+    longest = max(len(t) for t in tokens)
+    for d in range(longest):
+        live = [e for e in range(len(tokens)) if d < len(tokens[e])]
+        props, rxs = [], []
+        for e in live:
+            toks, mask, plen = tokens[e][d], masks[e][d], plens[e][d]
+            end_first = next(j for j in range(plen, len(mask)) if not mask[j])  # proposal ends, tool output starts
+            start_second = next(j for j in range(end_first, len(mask)) if mask[j])
+            props.append(toks[:plen])
+            rxs.append(toks[:start_second])
+        calls += [(props, k_tokens[0], PROPOSE_CLOSE), (rxs, k_tokens[1], PRESCRIBE_CLOSE)]
+    return calls
+
+
+def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int) -> dict:
+    """The same generate calls, same batches and settings, in this process with no Ray, no simulator."""
+    import torch
+
+    torch.set_num_threads(threads)
     engine = TransformersEngine(model_path)
-    agent = PSRAgent(engine, engine.tokenizer, read_spec(cohort), agent_cfg)
-    states = StartStates.from_cohort(cohort, "test").states[:n]
-    prompts = [agent._encode(agent._chat([{"role": "system", "content": agent.system},
-                                          {"role": "user", "content": agent.renderer.render(s, None, 0, None)}]))
-               for s in states]
-    params = SamplingParams(agent_cfg.proposal_tokens, agent_cfg.temperature, 0, (PROPOSE_CLOSE,))
-    t0 = time.perf_counter()
-    gens = engine.generate(prompts, params)
-    dt = time.perf_counter() - t0
-    tokens = sum(len(g.token_ids) for g in gens)
-    return {"tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": round(tokens / dt, 1),
-            "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1)}
+    engine.generate(calls[0][0][:1], SamplingParams(4, agent_cfg.temperature, 0))  # warm-up
+    tokens, seconds = 0, 0.0
+    for i, (prompts, max_tokens, stop) in enumerate(calls):
+        t0 = time.perf_counter()
+        gens = engine.generate(prompts, SamplingParams(max_tokens, agent_cfg.temperature, i, (stop,)))
+        seconds += time.perf_counter() - t0
+        tokens += sum(len(g.token_ids) for g in gens)
+    return {"threads": threads, "calls": len(calls), "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1)}
 
 
 def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: int, max_steps: int,
-                agent_cfg: AgentConfig) -> dict:
+                agent_cfg: AgentConfig, threads: int = 1) -> tuple[dict, pa.Table]:
     pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model),
                          sim_config=SimulationConfig(seed=0, max_steps=max_steps),
                          config=PoolConfig(num_shards=1, num_cpus_per_shard=0.25))
     cfg = WorkerConfig(model_path=model_path, cohort_dir=cohort, split="test", agent=agent_cfg,
-                       batch_episodes=max(1, episodes // n_workers))
+                       batch_episodes=max(1, episodes // n_workers), threads=threads)
     workers = [RolloutWorker.options(num_cpus=0.5).remote(i, cfg, pool) for i in range(n_workers)]
     ray.get([w.__ray_ready__.remote() for w in workers])  # exclude model loading from the timing
     t0 = time.perf_counter()
@@ -80,9 +101,9 @@ def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: i
     tokens = int(np.sum(table.column("generated_tokens").to_numpy()))
     gen_s = float(np.sum(table.column("generate_s").to_numpy())) / n_workers
     failures = int(np.sum(table.column("parse_failures").to_numpy()))
-    return {"workers": n_workers, "decisions": decisions, "seconds": round(dt, 2),
+    return {"workers": n_workers, "threads_per_worker": threads, "decisions": decisions, "seconds": round(dt, 2),
             "decisions_per_s": round(decisions / dt, 3), "tokens_per_s": round(tokens / dt, 1),
-            "generate_share_of_time": round(gen_s / dt, 3), "parse_failure_rate": round(failures / (2 * decisions), 3)}
+            "generate_share_of_time": round(gen_s / dt, 3), "parse_failure_rate": round(failures / (2 * decisions), 3)}, table
 
 
 def main() -> None:
@@ -98,11 +119,13 @@ def main() -> None:
     out: dict = {"model": model_path, "episodes": args.episodes, "max_steps": args.max_steps}
     with tempfile.TemporaryDirectory() as tmp:
         model, cohort = world(args, Path(tmp))
-        out["bare_engine"] = bare_engine(model_path, cohort, args.episodes, agent_cfg)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        out["workers_1"] = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg)
-        out["workers_2"] = workers_run(2, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg)
+        out["workers_1"], table = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1)
+        out["workers_2"], _ = workers_run(2, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1)
         ray.shutdown()
+        calls = generation_calls(table, (agent_cfg.proposal_tokens, agent_cfg.prescription_tokens))
+        out["bare_engine"] = bare_engine(model_path, calls, agent_cfg, threads=1)
+    # like for like: the single worker's generate calls replayed on the bare engine, both with 1 thread
     out["overhead_ratio_tokens_per_s"] = round(out["workers_1"]["tokens_per_s"] / out["bare_engine"]["tokens_per_s"], 3)
     out["scaling_2_over_1_workers"] = round(out["workers_2"]["decisions_per_s"] / out["workers_1"]["decisions_per_s"], 3)
     print(json.dumps(out, indent=2))

@@ -72,11 +72,26 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
-    # the weights are plain fp32 now: a leftover "gguf" quantization_config makes vLLM refuse the folder
-    cfg_file = Path(out_dir) / "config.json"
+    drop_stale_gguf_quantization(out_dir)
+
+
+def drop_stale_gguf_quantization(model_dir: str | Path) -> bool:
+    """Remove a leftover ``quant_method: gguf`` from a converted folder's config.json; True if removed.
+
+    The weights are plain fp32 safetensors after conversion, but transformers copies the GGUF
+    quantization_config into the saved config; with it, vLLM refuses the folder and ``save_pretrained``
+    of a fine-tuned copy fails. Folders converted by earlier versions are healed on first use.
+    """
+    cfg_file = Path(model_dir) / "config.json"
     cfg = json.loads(cfg_file.read_text())
-    if cfg.pop("quantization_config", None) is not None:
-        cfg_file.write_text(json.dumps(cfg, indent=2))
+    quant = cfg.get("quantization_config") or {}
+    if quant.get("quant_method") != "gguf" or not (Path(model_dir) / "model.safetensors").is_file():
+        return False
+    del cfg["quantization_config"]
+    tmp = cfg_file.with_name(".config.json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, cfg_file)
+    return True
 
 
 def pull_default(force: bool = False) -> Path:
@@ -103,7 +118,9 @@ def pull_default(force: bool = False) -> Path:
 def resolve_base_model(name: str | None) -> str:
     """``None``/"default" -> the cached default (pulled if missing); a folder -> itself; else a hub id."""
     if name in (None, "", "default"):
-        return str(pull_default())
+        path = pull_default()
+        drop_stale_gguf_quantization(path)
+        return str(path)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

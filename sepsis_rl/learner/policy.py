@@ -28,7 +28,14 @@ class PolicyModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, value_head: bool = False, dtype: torch.dtype = torch.float32) -> "PolicyModel":
-        return cls(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), value_head)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if getattr(getattr(lm, "hf_quantizer", None), "quantization_config", None) is not None and \
+                getattr(lm.hf_quantizer.quantization_config, "quant_method", None) == "gguf":
+            # transformers dequantizes GGUF on load: the weights are plain; drop the marker so export works
+            lm.hf_quantizer, lm.is_quantized = None, False
+            if hasattr(lm.config, "quantization_config"):
+                del lm.config.quantization_config
+        return cls(lm, value_head)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
