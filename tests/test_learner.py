@@ -113,3 +113,24 @@ def test_learner_config_rejects_bad_values():
         LearnerConfig(bf16=True)
     cfg = LearnerConfig(num_workers=2, micro_batch=3, grad_accum=4).deepspeed_config()
     assert cfg["train_batch_size"] == 24 and cfg["optimizer"]["params"]["torch_adam"] is True
+
+
+def test_ppo_value_head_moves_towards_its_targets_within_the_clip(ray_cluster, tiny_model_dir):
+    group = LearnerGroup(_config(tiny_model_dir, algorithm="ppo", kl_coef=0.0, lr=1e-3, zero_stage=1), timeout_s=300)
+    try:
+        samples = _samples(4)
+        for s in samples:
+            s.advantage, s.value_index, s.value_target = 0.0, 5, 1.0
+        history = []
+        for _ in range(3):  # each round: PPO's value pass sets old values, then one update
+            values = [v for _, v in group.evaluate(samples)]
+            history.append(float(np.mean(values)))
+            for s, v in zip(samples, values):
+                s.old_value = v
+            m = group.train(samples, "ppo")
+            assert m["value_loss"] > 0
+        history.append(float(np.mean([v for _, v in group.evaluate(samples)])))
+    finally:
+        group.shutdown()
+    assert history[0] == 0.0  # zero-initialised head
+    assert all(b > a for a, b in zip(history, history[1:])) and history[-1] < 1.0, history  # towards the target

@@ -69,3 +69,14 @@ def test_pipeline_config_errors_are_clear(tmp_path):
         load_config(str(bad))
     assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "r"), "--set", "nonsense"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_train_one_stage_runs_only_what_it_needs(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sepsis_rl.cli", "train", "--stage", "sft", "--config", "tiny", "--out", str(out),
+           "--no-dashboard"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert set(state["stages"]) == {"cohort", "world_model", "sft"}  # what sft needs, and no more
+    assert (out / "sft" / "model" / "model.safetensors").exists()
