@@ -32,6 +32,9 @@ class LearnerConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     threads: int = 1  # torch/OMP threads per rank (set explicitly: DeepSpeed does not)
+    # recompute each layer's activations in backward: halves peak memory on ~1k-token PSR segments
+    # (7.7 -> 4.1 GB for 4 x 1000 tokens on SmolLM2-135M) for ~3% more time on CPU
+    gradient_checkpointing: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
