@@ -44,14 +44,14 @@ def play_policy(sim: Simulator, policy: Policy, starts: np.ndarray, episode_ids:
     ids = np.asarray(episode_ids, dtype=np.int64)
     states = np.asarray(sim.reset(ids, starts), dtype=np.float64)
     last = np.full(len(ids), -1)
-    returns, died, length = np.zeros(len(ids)), np.zeros(len(ids), bool), np.zeros(len(ids), int)
+    returns, died, length = np.zeros(len(ids)), np.zeros(len(ids)), np.zeros(len(ids), int)
     live = np.arange(len(ids))
     t = 0
     while live.size:
         acts = np.asarray(policy(states[live], np.full(live.size, t), last[live], live), dtype=np.int64)
         res = sim.step(ids[live], acts)
         returns[live] += res.reward
-        died[live] = res.died
+        died[live] += res.death_mass
         length[live] += 1
         last[live] = acts
         states[live] = res.state

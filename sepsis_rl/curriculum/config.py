@@ -66,6 +66,9 @@ class RLStage:
     groups_per_iteration: int = 2  # start states per iteration
     group_size: int = 4  # episodes per start state (GRPO's G)
     max_steps: int = 3  # decisions per episode at most (the simulated horizon cap)
+    # "expected": episodes run to max_steps and pay the expected reward over the world model's
+    # death/discharge probabilities (no ending draw: returns lose that variance); "sample": draw endings
+    endings: str = "expected"
     lr: float = 1e-5
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
@@ -125,6 +128,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.rl.algorithm not in ("grpo", "ppo"):
             raise ConfigError(f"rl.algorithm must be grpo or ppo, got {self.rl.algorithm!r}")
+        if self.rl.endings not in ("expected", "sample"):
+            raise ConfigError(f"rl.endings must be expected or sample, got {self.rl.endings!r}")
         if self.rollout.engine not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":

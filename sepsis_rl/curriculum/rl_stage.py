@@ -71,7 +71,7 @@ class RLStage:
     def __init__(self, cfg: PipelineConfig, run: RunDir, inputs: RLInputs):
         self.cfg, self.run, self.inputs = cfg, run, inputs
         rl, ro, cl = cfg.rl, cfg.rollout, cfg.cluster
-        self.pool = SimulatorPool(inputs.world_model_dir, SimulationConfig(max_steps=rl.max_steps, seed=cfg.seed),
+        self.pool = SimulatorPool(inputs.world_model_dir, SimulationConfig(max_steps=rl.max_steps, seed=cfg.seed, endings=rl.endings),
                                   PoolConfig(num_shards=cl.simulator_shards, num_cpus_per_shard=cl.simulator_cpus))
         wcfg = WorkerConfig(model_path=inputs.init_model, cohort_dir=inputs.cohort_dir, split="train", engine=ro.engine,
                             agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads,
@@ -208,7 +208,7 @@ def episode_stats(table: pa.Table, prefix: str) -> dict[str, float]:
     return {
         f"{prefix}mean_return": float(np.mean(table.column("return").to_numpy())),
         f"{prefix}mean_cohort_return": float(np.mean(table.column("cohort_return").to_numpy())),
-        f"{prefix}mortality": float(np.mean(table.column("died").to_numpy())),
+        f"{prefix}mortality": float(np.mean(table.column("death_probability").to_numpy())),
         f"{prefix}parse_failure_rate": float(np.sum(table.column("parse_failures").to_numpy())) / max(per * decisions, 1),
         f"{prefix}episodes": table.num_rows, f"{prefix}decisions": decisions,
     }

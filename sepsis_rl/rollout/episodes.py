@@ -43,6 +43,7 @@ EPISODE_SCHEMA = pa.schema([
     ("cohort_return", pa.float64()),  # the cohort reward alone (comparable with other policies)
     ("length", pa.int32()),
     ("died", pa.bool_()),
+    ("death_probability", pa.float64()),  # P(death within the episode): = died with sampled endings
     ("discharged", pa.bool_()),
     ("truncated", pa.bool_()),
     ("parse_failures", pa.int32()),
@@ -76,6 +77,7 @@ class EpisodeRecord:
     rewards: list[float] = field(default_factory=list)
     cohort_rewards: list[float] = field(default_factory=list)
     died: bool = False
+    death_probability: float = 0.0
     discharged: bool = False
     truncated: bool = False
     generate_s: float = 0.0
@@ -93,7 +95,7 @@ class EpisodeRecord:
             "logprobs": [s.logprobs for s in self.segments], "prompt_lengths": [s.prompt_length for s in self.segments],
             "decisions": self.decisions, "rewards": self.rewards, "return": float(np.sum(self.rewards)),
             "cohort_return": float(np.sum(self.cohort_rewards)),
-            "length": len(self.rewards), "died": self.died, "discharged": self.discharged, "truncated": self.truncated,
+            "length": len(self.rewards), "died": self.died, "death_probability": self.death_probability, "discharged": self.discharged, "truncated": self.truncated,
             "parse_failures": self.parse_failures,
             "generated_tokens": int(sum(sum(s.loss_mask) for s in self.segments)),
             "generate_s": self.generate_s, "simulate_s": self.simulate_s,

@@ -169,6 +169,7 @@ def play_episodes(agent: PSRAgent, sim: Simulator, start_states: np.ndarray, epi
             rec.rewards.append(float(res.reward[j]) + rec.decisions[-1]["shaping"])
             rec.simulate_s += dt / live.size
             rec.died, rec.discharged, rec.truncated = bool(res.died[j]), bool(res.discharged[j]), bool(res.truncated[j])
+            rec.death_probability += float(res.death_mass[j])
             prev[i], last[i] = states[i].copy(), int(acts[j])
             states[i] = res.state[j]
         live = live[~np.asarray(res.done, dtype=bool)]
