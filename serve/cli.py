@@ -1,0 +1,85 @@
+"""``sepsis-rl serve AGENT_DIR`` (run the app in the foreground) and ``sepsis-rl serve-config`` (write config.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a trained agent folder over HTTP (Ray Serve), in the foreground")
+    p.add_argument("agent_dir", help="the pipeline's RUN/agent folder")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="agent replicas (each owns an engine)")
+    p.add_argument("--max-replicas", type=int, default=None, help="autoscaling maximum (default: --replicas)")
+    p.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer $VAR' on every route but /healthz")
+    p.add_argument("--no-batching", action="store_true", help="one decision per engine call")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.set_defaults(func=run_serve)
+
+    c = sub.add_parser("serve-config", help="write the Serve deploy config (serve/config.yaml) of the application")
+    c.add_argument("--agent-dir", default=None, help="agent folder path as seen by the cluster's replicas")
+    c.add_argument("-o", "--out", default=None, help="output file (default: print)")
+    c.set_defaults(func=run_config)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from serve.agent_dir import AgentDirError, load_agent_dir
+
+    load_agent_dir(args.agent_dir)
+    if args.api_key_env and not os.environ.get(args.api_key_env):
+        raise AgentDirError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    if not 1 <= args.port <= 65535:
+        raise AgentDirError(f"--port must be in 1..65535, got {args.port}")
+    if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
+        raise AgentDirError("--replicas must be >= 1 and --max-replicas >= --replicas")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    _check(args)
+    import ray
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+    from serve.config_build import APP_NAME
+
+    app_args = AppArgs(agent_dir=str(Path(args.agent_dir).resolve()), engine=args.engine, replicas=args.replicas,
+                       max_replicas=args.max_replicas, api_key_env=args.api_key_env, batching=not args.no_batching)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
+        print(f"serving {args.agent_dir} at http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return 0
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from serve.config_build import DEFAULT_ARGS, render_config
+
+    cfg = DEFAULT_ARGS if args.agent_dir is None else DEFAULT_ARGS.model_copy(update={"agent_dir": args.agent_dir})
+    text = render_config(cfg)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
