@@ -1,0 +1,152 @@
+"""Serving benchmark: latency and throughput of the Ray Serve app, batching on vs off, vs the bare engine. JSON.
+
+    python benchmarks/serve.py AGENT_DIR [--requests 64] [--concurrency 1 16] [--max-batch-size 16]
+
+Starts a local Ray instance and Serve on a free loopback port with two copies of the application: one
+with ``@serve.batch`` batching (``/on``) and one with batches of one (``/off``). For each concurrency C,
+N ``/v1/recommend`` requests (distinct patients' two-step histories from the agent's cohort) are sent
+by C client threads: p50/p95/p99 latency, requests/s, errors. Then the same decisions run in-process on
+the bare engine (the same ``AgentService`` procedure with an in-process world model, batches of C, no
+HTTP, no Serve): decisions/s. ``overhead_ratio`` = served requests/s (batching on) / bare decisions/s;
+``batching_ratio`` = requests/s with batching / without. Both sides use the same torch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def histories(agent_dir: str, n: int) -> list[list[dict]]:
+    """n two-step histories of distinct patients (cohort test split when reachable, else the medians)."""
+    from serve.agent_dir import load_agent_dir
+    from sepsis_rl.cohort.store import read_split, table_features
+
+    a = load_agent_dir(agent_dir)
+    names = a.spec.feature_names
+    try:
+        import yaml
+
+        cohort = yaml.safe_load((Path(agent_dir) / "agent.yaml").read_text())["cohort"]
+        table = read_split(Path(agent_dir) / cohort, "test", a.spec)
+        x, ep = table_features(table, a.spec), table.column("episode_id").to_numpy()
+        starts = [i for i in range(1, len(ep)) if ep[i] == ep[i - 1]]
+        rows = [(starts[j % len(starts)] - 1, starts[j % len(starts)]) for j in range(n)]
+        return [[{k: float(x[r, i]) for i, k in enumerate(names)} for r in pair] for pair in rows]
+    except Exception:
+        return [[dict(zip(names, a.medians))] * 2 for _ in range(n)]
+
+
+def body(history: list[dict]) -> str:
+    return json.dumps({"patient": {"history": history, "last_action": {"fluid_bin": 1, "vaso_bin": 1}}})
+
+
+def load(url: str, bodies: list[str], concurrency: int) -> dict:
+    import requests
+
+    session_lat: list[float] = []
+    errors = 0
+
+    def one(b: str) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        try:
+            code = requests.post(url, data=b, headers={"Content-Type": "application/json"}, timeout=600).status_code
+        except requests.RequestException:
+            code = -1
+        return time.perf_counter() - t0, code
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, bodies))
+    wall = time.perf_counter() - t0
+    for lat, code in results:
+        session_lat.append(lat)
+        errors += code != 200
+    q = np.percentile(session_lat, [50, 95, 99])
+    return {"requests": len(bodies), "errors": errors, "wall_s": round(wall, 3), "requests_per_s": round(len(bodies) / wall, 3),
+            "p50_s": round(float(q[0]), 4), "p95_s": round(float(q[1]), 4), "p99_s": round(float(q[2]), 4)}
+
+
+def bare(agent_dir: str, hists: list[list[dict]], concurrency: int) -> dict:
+    """The same decisions in-process: AgentService + in-process world model, batches of ``concurrency``."""
+    from serve.agent_deployment import AgentService, DecisionInput
+    from serve.agent_dir import load_agent_dir
+    from serve.world_model_deployment import SimulationCall, WorldModelService
+
+    a = load_agent_dir(agent_dir)
+    wm = WorldModelService(agent_dir)
+    svc = AgentService(a, "transformers", lambda h, c, k: wm.simulate_many([SimulationCall(h, c, k)])[0])
+    names = a.spec.feature_names
+    items = [DecisionInput(np.array([[s[n] for n in names] for s in h]), 6, a.settings.k, a.settings.horizon,
+                           a.settings.temperature, True, None, []) for h in hists]
+    svc.decide_many(items[:concurrency])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(items), concurrency):
+        svc.decide_many(items[i:i + concurrency])
+    wall = time.perf_counter() - t0
+    return {"decisions": len(items), "wall_s": round(wall, 3), "decisions_per_s": round(len(items) / wall, 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("agent_dir")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the engine (served and bare)")
+    p.add_argument("--num-cpus", type=int, default=2)
+    args = p.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the replicas
+    import ray
+    import torch
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    torch.set_num_threads(args.threads)
+    agent_dir = str(Path(args.agent_dir).resolve())
+    hists = histories(agent_dir, args.requests)
+    bodies = [body(h) for h in hists]
+    port = free_port()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    out: dict = {"benchmark": "serve", "agent_dir": agent_dir, "requests": args.requests, "threads": args.threads,
+                 "max_batch_size": args.max_batch_size, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                 "served": {}, "bare_engine": {}}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for name, batching in (("on", True), ("off", False)):
+            serve.run(build_app(AppArgs(agent_dir=agent_dir, batching=batching, max_batch_size=args.max_batch_size)),
+                      name=f"bench-{name}", route_prefix=f"/{name}", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        for name in ("on", "off"):
+            load(f"{base}/{name}/v1/recommend", bodies[:4], 4)  # warm-up
+            for c in args.concurrency:
+                out["served"][f"batching_{name}_c{c}"] = load(f"{base}/{name}/v1/recommend", bodies, c)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    for c in args.concurrency:
+        out["bare_engine"][f"c{c}"] = bare(agent_dir, hists, c)
+        on, off = out["served"][f"batching_on_c{c}"], out["served"][f"batching_off_c{c}"]
+        out[f"batching_ratio_c{c}"] = round(on["requests_per_s"] / off["requests_per_s"], 3)
+        out[f"overhead_ratio_c{c}"] = round(on["requests_per_s"] / out["bare_engine"][f"c{c}"]["decisions_per_s"], 3)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
