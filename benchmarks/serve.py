@@ -123,7 +123,7 @@ def main() -> None:
     hists = histories(agent_dir, args.requests)
     bodies = [body(h) for h in hists]
     port = free_port()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     out: dict = {"benchmark": "serve", "agent_dir": agent_dir, "requests": args.requests, "threads": args.threads,
                  "max_batch_size": args.max_batch_size, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "served": {}, "bare_engine": {}}

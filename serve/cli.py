@@ -56,7 +56,9 @@ def run_serve(args: argparse.Namespace) -> int:
                        max_replicas=args.max_replicas, api_key_env=args.api_key_env, batching=not args.no_batching)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        # RAY_ADDRESS set: join that cluster; else a private local instance (never someone else's `ray start`)
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, dashboard_host="127.0.0.1")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         serve.start(http_options={"host": args.host, "port": args.port})

@@ -83,7 +83,8 @@ class HistoryValidator:
             if not isinstance(step, dict):
                 raise InputError(f"{where} must be an object of feature name -> value", where, "invalid_type")
             for key, value in step.items():
-                states[t, self._column(key, f"{where}.{key}")] = self._number(key, value, f"{where}.{key}")
+                column = self._column(key, f"{where}.{key}")
+                states[t, column] = self._number(key, value, f"{where}.{key}")
         return self._impute(states)
 
     def _column(self, key: str, where: str) -> int:

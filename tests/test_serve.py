@@ -70,7 +70,7 @@ def server(agent_dir):
     os.environ["SEPSIS_TEST_KEY"] = TOKEN  # inherited by the replicas of this local Ray instance
     port = _free_port()
     # logical CPUs: two apps (4 replicas' worth of 0.1-0.5 CPU each) must all be scheduled on a 2-core box
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(AppArgs(agent_dir=str(agent_dir), max_batch_size=32, batch_wait_timeout_s=0.2)),
@@ -267,13 +267,16 @@ def test_killing_a_replica_keeps_the_service_answering(server, cohort_history):
     threads = [threading.Thread(target=stream) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(3)
+    while len(codes) < 2:  # the stream is running on both replicas
+        time.sleep(0.2)
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
-    time.sleep(10)
+    at_kill, deadline = len(codes), time.time() + 90
+    while len(codes) < at_kill + 12 and time.time() < deadline:  # 12 answers after the kill
+        time.sleep(0.2)
     stop.set()
     for t in threads:
         t.join(TIMEOUT)
     failed = sum(c != 200 for c in codes)
-    print(f"replica kill: {len(codes)} requests, {failed} failed")
-    assert len(codes) >= 8 and failed <= 4  # at most the requests in flight on the killed replica
+    print(f"replica kill: {len(codes)} requests, {failed} failed ({at_kill} answered before the kill)")
+    assert failed <= len(threads)  # at most the requests in flight on the killed replica
     assert codes[-4:] == [200] * 4  # still answering after the kill
