@@ -44,6 +44,10 @@ def _check(args: argparse.Namespace) -> None:
         raise AgentDirError("--replicas must be >= 1 and --max-replicas >= --replicas")
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_serve(args: argparse.Namespace) -> int:
     _check(args)
     import ray
@@ -59,7 +63,8 @@ def run_serve(args: argparse.Namespace) -> int:
         # RAY_ADDRESS set: join that cluster; else a private local instance (never someone else's `ray start`)
         address = os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, dashboard_host="127.0.0.1")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)

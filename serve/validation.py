@@ -57,7 +57,7 @@ def feature_range(spec: CohortSpec, name: str) -> tuple[float, float] | None:
 @dataclass(frozen=True)
 class ValidatedHistory:
     states: np.ndarray  # [T, F] real units, oldest first, no missing values
-    imputed_features: list[str]  # spec order; features imputed at any step
+    imputed_features: list[str]  # spec order; features imputed at any step (static ones sent once are known)
 
 
 class HistoryValidator:
@@ -108,8 +108,13 @@ class HistoryValidator:
 
     def _impute(self, states: np.ndarray) -> ValidatedHistory:
         missing = np.isnan(states)
-        imputed = [self.names[i] for i in np.flatnonzero(missing.any(axis=0))]
-        states[0] = np.where(missing[0], self.medians, states[0])
+        # a static feature (age, weight) sent at any step is known, not imputed, at every step
+        static = np.array([f.static for f in self.spec.features])
+        known_static = static & ~missing.all(axis=0)
+        imputed = [self.names[i] for i in np.flatnonzero(missing.any(axis=0) & ~known_static)]
+        for i in np.flatnonzero(known_static):
+            states[:, i] = np.where(missing[:, i], states[~missing[:, i], i][0], states[:, i])
+        states[0] = np.where(np.isnan(states[0]), self.medians, states[0])
         for t in range(1, len(states)):
-            states[t] = np.where(missing[t], states[t - 1], states[t])
+            states[t] = np.where(np.isnan(states[t]), states[t - 1], states[t])
         return ValidatedHistory(states, imputed)

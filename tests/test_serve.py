@@ -280,3 +280,20 @@ def test_killing_a_replica_keeps_the_service_answering(server, cohort_history):
     print(f"replica kill: {len(codes)} requests, {failed} failed ({at_kill} answered before the kill)")
     assert failed <= len(threads)  # at most the requests in flight on the killed replica
     assert codes[-4:] == [200] * 4  # still answering after the kill
+
+
+def test_imputation_by_hand(tiny_world):
+    from serve.validation import HistoryValidator
+
+    spec = read_spec(tiny_world[0])
+    names = spec.feature_names
+    medians = np.arange(len(names), dtype=float)
+    v = HistoryValidator(spec, medians, max_history=4)
+    out = v.validate([{"MeanBP": 60.0, "HR": 100}, {"age": 70, "MeanBP": 55.0}])
+    col = lambda n: out.states[:, names.index(n)].tolist()  # noqa: E731
+    assert col("age") == [70, 70]  # static: known at every step once sent
+    assert col("HR") == [100, 100]  # carried forward
+    assert col("MeanBP") == [60, 55]
+    assert col("SOFA") == [names.index("SOFA")] * 2  # never sent: the median, then carried
+    assert "age" not in out.imputed_features and {"HR", "SOFA", "Weight_kg"} <= set(out.imputed_features)
+    assert "MeanBP" not in out.imputed_features
