@@ -122,7 +122,7 @@ class AgentService:
                 cand["expected_return"] = float(np.asarray(ret)[row, k])
             cand.pop("fluid_ml_4h"), cand.pop("vaso_mcg_kg_min")
             candidates.append(cand)
-        reasoning = "\n".join(t.strip() for t in (d["proposal_text"], d["tool_output"], d["prescription_text"]) if t)
+        reasoning = "\n".join(t for t in (x.strip() for x in (d["proposal_text"], d["tool_output"], d["prescription_text"])) if t)
         return {
             "action": self.action(d["action"]), "candidates": candidates, "reasoning": reasoning,
             "parse_failure": "; ".join(failures) or None, "fallback_used": bool(failures),
