@@ -23,7 +23,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import sys
+
 import numpy as np
+
+# this file is named like the `serve` package: keep its own folder off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def free_port() -> int:
@@ -108,7 +113,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the engine (served and bare)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (served and bare)")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the replicas

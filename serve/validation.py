@@ -29,7 +29,7 @@ from sepsis_rl.cohort.spec import CohortSpec
 PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
     "gender": (0, 1), "age": (0, 120), "Weight_kg": (1, 500), "re_admission": (0, 1), "elixhauser": (-20, 90),
     "GCS": (3, 15), "HR": (0, 350), "SysBP": (0, 350), "MeanBP": (0, 300), "DiaBP": (0, 300), "RR": (0, 100),
-    "SpO2": (0, 100), "Temp_C": (15, 46), "FiO2_1": (0.21, 1.0),
+    "SpO2": (0, 100), "Temp_C": (15, 46), "FiO2_1": (0.2, 1.0),
     "Potassium": (0.5, 15), "Sodium": (90, 200), "Chloride": (50, 160), "Glucose": (1, 3000), "BUN": (0, 350),
     "Creatinine": (0, 30), "Magnesium": (0, 20), "Calcium": (0, 30), "SGOT": (0, 50000), "SGPT": (0, 50000),
     "Total_bili": (0, 100), "Albumin": (0, 10), "Hb": (0, 25), "WBC_count": (0, 1000), "Platelets_count": (0, 3000),
