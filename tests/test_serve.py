@@ -297,3 +297,36 @@ def test_imputation_by_hand(tiny_world):
     assert col("SOFA") == [names.index("SOFA")] * 2  # never sent: the median, then carried
     assert "age" not in out.imputed_features and {"HR", "SOFA", "Weight_kg"} <= set(out.imputed_features)
     assert "MeanBP" not in out.imputed_features
+
+
+def test_failures_map_to_500_and_overload_to_503_with_retry_after():
+    """The ingress's one status decision point, driven directly (no cluster needed to make an engine fail)."""
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.ingress import Ingress
+
+    class _Metrics:
+        seen: list = []
+
+        def observe(self, route, status, seconds):
+            self.seen.append((route, status))
+
+    plain = next(c for c in Ingress.func_or_class.__mro__ if c.__module__ == "serve.ingress")  # not Serve's ASGI wrapper
+    ingress = object.__new__(plain)
+    ingress.api_key, ingress.metrics = None, _Metrics()
+
+    async def engine_failure():
+        raise RuntimeError("CUDA error: device-side assert")
+
+    async def overloaded():
+        raise BackPressureError(num_queued_requests=256, max_queued_requests=256)
+
+    failed = asyncio.run(ingress._run("/v1/recommend", None, engine_failure))
+    assert failed.status_code == 500
+    assert json.loads(failed.body)["error"]["type"] == "server_error" and "CUDA error" in json.loads(failed.body)["error"]["message"]
+    busy = asyncio.run(ingress._run("/v1/recommend", None, overloaded))
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert json.loads(busy.body)["error"]["code"] == "overloaded"
+    assert ingress.metrics.seen == [("/v1/recommend", 500), ("/v1/recommend", 503)]
