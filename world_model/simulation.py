@@ -17,6 +17,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
+from sepsis_rl.cohort.noise import keyed_uniforms, normal_from_uniform as _normal_from_uniform
 from sepsis_rl.cohort.reward import RewardConfig, intermediate_reward, terminal_reward
 from sepsis_rl.cohort.spec import N_ACTIONS
 
@@ -282,34 +283,3 @@ class WorldModelSimulator:
         if self._i_sofa is not None:
             nxt[:, self._i_sofa] = np.clip(np.round(nxt[:, self._i_sofa]), 0, 24)
         return nxt
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def keyed_uniforms(seed: int, episode_ids: np.ndarray, steps: np.ndarray, n: int) -> np.ndarray:
-    """Uniforms in [0, 1), [B, n], that depend only on (seed, episode id, step, index): a counter-based hash.
-
-    Vectorised (no generator per episode), and the same numbers on any shard in any batch composition.
-    """
-    with np.errstate(over="ignore"):
-        ids = np.asarray(episode_ids).astype(np.uint64)
-        key = _splitmix64(_splitmix64(ids) ^ np.uint64(seed & 0xFFFFFFFF))
-        key = _splitmix64(key ^ (np.asarray(steps).astype(np.uint64) * np.uint64(0x632BE59BD9B4E019)))
-        x = _splitmix64(key[:, None] + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _normal_from_uniform(u: np.ndarray) -> np.ndarray:
-    """Standard normal draws from uniforms (Box-Muller on pairs), so draws depend only on the keyed stream."""
-    u = np.clip(u, 1e-12, 1 - 1e-12)
-    n = u.shape[1]
-    half = (n + 1) // 2
-    a = np.concatenate([u, u[:, :1]], axis=1) if n % 2 else u
-    r = np.sqrt(-2 * np.log(a[:, :half]))
-    theta = 2 * np.pi * a[:, half : 2 * half]
-    return np.concatenate([r * np.cos(theta), r * np.sin(theta)], axis=1)[:, :n]
