@@ -169,9 +169,10 @@ class SimulatorPool:
             self._records[int(eid)].actions.append(int(a))
         return _concat(results, order)
 
-    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
+    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                 continuation: Any = None) -> SimulationResult:
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
-        results, order = self._call("simulate", ids, np.asarray(candidates), extra=(int(horizon),))
+        results, order = self._call("simulate", ids, np.asarray(candidates), extra=(int(horizon), continuation))
         return _concat(results, order)
 
     def release(self, episode_ids: np.ndarray) -> None:

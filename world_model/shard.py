@@ -81,8 +81,9 @@ class SimulatorShardImpl:
         acts = self.sim.check_actions(actions, (len(ids),))
         return await self._step_batcher.submit((ids, acts))
 
-    async def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
-        res = self.sim.simulate(episode_ids, candidates, horizon)
+    async def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                       continuation: Any = None) -> SimulationResult:
+        res = self.sim.simulate(episode_ids, candidates, horizon, continuation)
         self._count(res.sofa.size)
         return res
 

@@ -12,7 +12,7 @@ episodes are rebuilt), and the pool's results equal in-process results for the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -78,11 +78,17 @@ class SimulationResult:
     map: np.ndarray  # [B, K, H] mmHg (nan if the cohort has no MeanBP)
     lactate: np.ndarray  # [B, K, H] mmol/L
     sofa: np.ndarray  # [B, K, H]
-    risk_of_death: np.ndarray  # [B, K] P(death within the horizon)
+    risk_of_death: np.ndarray  # [B, K] P(death within the horizon), nothing accrued after a predicted discharge
     uncertainty: np.ndarray  # [B, K] mean epistemic spread over the horizon
+    expected_return: np.ndarray  # [B, K] expected cohort reward over the horizon (the RL reward, expected endings)
+    risk_of_discharge: np.ndarray  # [B, K] P(discharged alive within the horizon)
 
     def take(self, idx: np.ndarray) -> "SimulationResult":
         return SimulationResult(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+# a continuation policy for ``simulate``: (simulated windows [N, W, F], last actions [N]) -> next actions [N]
+Continuation = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _index(names: Sequence[str], options: Sequence[str]) -> int | None:
@@ -226,8 +232,16 @@ class WorldModelSimulator:
         unc = (pred["epistemic_std"] / self._scale).mean(axis=1)
         return StepResult(nxt.astype(np.float32), reward, done, died, discharged, truncated, p_death, unc, death_mass)
 
-    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
-        """Fork each patient once per candidate and hold that prescription for ``horizon`` steps (mean path)."""
+    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                 continuation: Continuation | None = None) -> SimulationResult:
+        """Fork each patient once per candidate and roll it forward ``horizon`` steps on the mean path.
+
+        The candidate is given at the first step; later steps repeat it, or follow ``continuation`` (a
+        policy of the simulated window and the last action). Each step pays the expected reward over the
+        world model's endings, the same quantity RL is trained on: alive * (p_death R_death + p_discharge
+        R_discharge + p_stay r_intermediate). A patient predicted discharged (or dead) stops accruing
+        anything, so death risk is P(death before discharge within the horizon).
+        """
         if not 1 <= int(horizon) <= 32:
             raise ValueError(f"horizon must be in 1..32, got {horizon}")
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
@@ -240,18 +254,23 @@ class WorldModelSimulator:
         window = np.repeat(self._hist[slots], k, axis=0)
         acts = cands.reshape(-1)
         traj = np.zeros((b * k, horizon, self.n_features))
-        alive = np.ones(b * k)
-        unc = np.zeros(b * k)
+        alive, unc = np.ones(b * k), np.zeros(b * k)
+        ret, dead, gone = np.zeros(b * k), np.zeros(b * k), np.zeros(b * k)
         for h in range(horizon):
+            if h > 0 and continuation is not None:
+                acts = self.check_actions(continuation(window, acts), (b * k,))
             pred = self.model.predict(window, acts)
             nxt = self._tidy(pred["mean"], window[:, -1, :])
             traj[:, h] = nxt
-            alive = alive * (1 - pred["p_death"])
+            p_death, p_dis = pred["p_death"], pred["p_discharge"]
+            r, death_mass = self._expected_reward(alive, p_death, p_dis, self._shaping(window[:, -1, :], nxt))
+            ret, dead, gone = ret + r, dead + death_mass, gone + alive * p_dis
+            alive = alive * np.clip(1.0 - p_death - p_dis, 0.0, 1.0)
             unc += (pred["epistemic_std"] / self._scale).mean(axis=1) / horizon
             window = np.concatenate([window[:, 1:], nxt[:, None, :]], axis=1)
         pick = lambda i: traj[:, :, i].reshape(b, k, horizon) if i is not None else np.full((b, k, horizon), np.nan)  # noqa: E731
-        return SimulationResult(cands, pick(self._i_map), pick(self._i_lac), pick(self._i_sofa),
-                                (1 - alive).reshape(b, k), unc.reshape(b, k))
+        return SimulationResult(cands, pick(self._i_map), pick(self._i_lac), pick(self._i_sofa), dead.reshape(b, k),
+                                unc.reshape(b, k), ret.reshape(b, k), gone.reshape(b, k))
 
     def history(self, episode_id: int) -> tuple[np.ndarray, list[int], int, bool]:
         """(last W states, actions so far, steps taken, ended) of one episode."""

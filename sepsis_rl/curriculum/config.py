@@ -47,9 +47,13 @@ class SFTStage:
 
 @dataclass
 class BCStage:
-    """Stage 2, PSR behaviour cloning: whole decisions with the clinician's action as the prescription."""
+    """Stage 2, PSR behaviour cloning: whole decisions (proposal around the clinician's action, the world
+    model's simulation, a prescription). ``target: simulation`` prescribes the candidate whose simulated
+    outcome score is best (what the tool shows the agent; teaches it to use its tool); ``clinician``
+    prescribes the logged action whatever the simulation says (imitation, kept for comparison)."""
 
     traces: int = 128
+    target: str = "simulation"
     epochs: int = 1
     lr: float = 2e-5
     micro_batch: int = 4

@@ -195,8 +195,10 @@ def stage_bc(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[s
     rows, val = CohortRows.load(cohort, "train"), CohortRows.load(cohort, "val")
     heldout_rows = CohortRows.load(cohort, cfg.heldout_split)
     agent, sim, window = _psr_agent(cfg, None, run, 1.0)
-    train = psr_traces(rows, agent, sim, window, cfg.bc.traces, cfg.seed)
-    heldout = psr_traces(val, agent, sim, window, max(cfg.bc.traces // 8, 4), cfg.seed + 1)
+    if cfg.bc.target not in ("simulation", "clinician"):
+        raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {cfg.bc.target!r}")
+    train = psr_traces(rows, agent, sim, window, cfg.bc.traces, cfg.seed, cfg.bc.target)
+    heldout = psr_traces(val, agent, sim, window, max(cfg.bc.traces // 8, 4), cfg.seed + 1, cfg.bc.target)
     before_agent, *_ = _psr_agent(cfg, init, run, 0.0)
     before = heldout_decisions(heldout_rows, before_agent, sim, window, cfg.bc.eval_states, cfg.seed)
     del before_agent
