@@ -108,6 +108,7 @@ class WorldModelSimulator:
         self._free: list[int] = []
         self._hist = np.zeros((0, model.window, self.n_features))  # last W states, left-padded with the first
         self._steps = np.zeros(0, dtype=np.int64)
+        self._t0 = np.zeros(0, dtype=np.int64)  # decisions since admission at reset (the world model's time input)
         self._done = np.zeros(0, dtype=bool)
         self._alive = np.zeros(0)  # P(no ending yet), used when endings are "expected"
         self._actions: dict[int, list[int]] = {}
@@ -153,8 +154,11 @@ class WorldModelSimulator:
         return h
 
     # ------------------------------------------------------------------------------------------ API
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray:
-        """Start (or restart) episodes from observed histories [B, T, F]; returns the current states [B, F]."""
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
+        """Start (or restart) episodes from observed histories [B, T, F]; returns the current states [B, F].
+
+        ``start_steps`` [B]: decisions since admission of each history's newest state (default: the number
+        of charted states given minus one, right when histories start at admission)."""
         h = self.check_history(history)
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(h):
@@ -170,6 +174,8 @@ class WorldModelSimulator:
             self._actions[eid] = []
         self._hist[slots] = padded
         self._steps[slots] = 0
+        self._t0[slots] = (np.full(len(ids), h.shape[1] - 1) if start_steps is None
+                           else np.asarray(start_steps, dtype=np.int64).reshape(-1))
         self._done[slots] = False
         self._alive[slots] = 1.0
         return h[:, -1, :].astype(np.float32)
@@ -180,6 +186,7 @@ class WorldModelSimulator:
             grow = max(n, cap, 64)
             self._hist = np.concatenate([self._hist, np.zeros((grow, *self._hist.shape[1:]))])
             self._steps = np.concatenate([self._steps, np.zeros(grow, dtype=np.int64)])
+            self._t0 = np.concatenate([self._t0, np.zeros(grow, dtype=np.int64)])
             self._done = np.concatenate([self._done, np.zeros(grow, dtype=bool)])
             self._alive = np.concatenate([self._alive, np.zeros(grow)])
             self._free.extend(range(cap + grow - 1, cap - 1, -1))
@@ -197,7 +204,7 @@ class WorldModelSimulator:
         slots = self.slots(ids)
         acts = self.check_actions(actions, (len(ids),))
         window = self._hist[slots]
-        pred = self.model.predict(window, acts)
+        pred = self._predict(window, acts, self._t0[slots] + self._steps[slots])
         u = keyed_uniforms(self.config.seed, ids, self._steps[slots], 1 + self.n_features)
         nxt = np.array(pred["mean"], dtype=np.float64)
         if self.config.stochastic:
@@ -252,6 +259,7 @@ class WorldModelSimulator:
         cands = self.check_actions(cands, cands.shape)
         b, k = cands.shape
         window = np.repeat(self._hist[slots], k, axis=0)
+        now = np.repeat(self._t0[slots] + self._steps[slots], k)
         acts = cands.reshape(-1)
         traj = np.zeros((b * k, horizon, self.n_features))
         alive, unc = np.ones(b * k), np.zeros(b * k)
@@ -259,7 +267,7 @@ class WorldModelSimulator:
         for h in range(horizon):
             if h > 0 and continuation is not None:
                 acts = self.check_actions(continuation(window, acts), (b * k,))
-            pred = self.model.predict(window, acts)
+            pred = self._predict(window, acts, now + h)
             nxt = self._tidy(pred["mean"], window[:, -1, :])
             traj[:, h] = nxt
             p_death, p_dis = pred["p_death"], pred["p_discharge"]
@@ -278,6 +286,12 @@ class WorldModelSimulator:
         return self._hist[slot].copy(), list(self._actions[int(episode_id)]), int(self._steps[slot]), bool(self._done[slot])
 
     # ----------------------------------------------------------------------------------------- helpers
+    def _predict(self, window: np.ndarray, actions: np.ndarray, time: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's prediction, with the time since admission for models that take it."""
+        if getattr(getattr(self.model, "config", None), "time_input", False):
+            return self.model.predict(window, actions, time=time)  # type: ignore[call-arg]
+        return self.model.predict(window, actions)
+
     def _expected_reward(self, alive: np.ndarray, p_death: np.ndarray, p_dis: np.ndarray,
                          intermediate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(alive * E[this step's reward over the ending draw], alive * p_death)."""

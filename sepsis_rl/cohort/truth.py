@@ -129,6 +129,8 @@ def play(
             break
         a_ids = ids[active]
         decision = DecisionBatch(a_ids, np.full(active.size, t), hist, lengths, prev[active], tuple(names))
+        if hasattr(policy, "see_truth"):  # only oracles and probes read the hidden state; LLM agents never do
+            policy.see_truth(batch, decision)
         probs = check_probs(policy.action_probs(decision), active.size, policy.name)
         u = keyed_uniforms(st.policy, a_ids, np.full(active.size, t), 3)
         cdf = np.cumsum(probs, axis=1)
@@ -203,3 +205,24 @@ def true_summary(traj: Trajectories, reference: Trajectories | None = None) -> d
         out.update(diff_return_vs_clinician=d, diff_return_ci=list(d_ci), diff_survival_vs_clinician=ds,
                    diff_survival_ci=list(ds_ci))
     return out
+
+
+def true_action_values(sim: SepsisSimulator, batch: PatientBatch, actions: np.ndarray, samples: int = 16,
+                       seed: int = 0, reward: RewardConfig = RewardConfig()) -> np.ndarray:
+    """One-step true expected reward [B, A] of each of ``actions`` (joint ids) from hidden states ``batch``,
+    averaged over ``samples`` dynamics and charting draws (the terminal reward where the stay ends), at the
+    bins' representative doses. The oracle behind the true-simulator planner and ``action_rank_spearman``."""
+    n, acts = len(batch), np.asarray(actions, dtype=np.int64)
+    names = sim.feature_names
+    sofa_i, lac_i = names.index("SOFA"), names.index("Arterial_lactate")
+    rep = np.repeat(np.arange(n), len(acts) * samples)
+    big = batch.take(rep)
+    a = np.tile(np.repeat(acts, samples), n)
+    keys = np.arange(len(rep), dtype=np.int64)
+    obs = sim.observe(big, KeyedNoise(stream_seed(seed, "oracle-chart0"), keys, 0))
+    out = sim.step_actions(big, a, KeyedNoise(stream_seed(seed, "oracle-dynamics"), keys, 0))
+    nxt = sim.observe(out.batch, KeyedNoise(stream_seed(seed, "oracle-chart1"), keys, 0))
+    dead = out.died | out.post_icu_death
+    r = np.where(out.done, terminal_reward(dead, reward),
+                 intermediate_reward(obs[:, sofa_i], nxt[:, sofa_i], obs[:, lac_i], nxt[:, lac_i], reward))
+    return r.reshape(n, len(acts), samples).mean(axis=2)

@@ -52,7 +52,7 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
     for lo in range(0, len(idx_all), CHUNK):
         idx = idx_all[lo:lo + CHUNK]
         ids = np.arange(lo, lo + len(idx), dtype=np.int64)
-        sim.reset(ids, _histories(rows, idx, window))
+        sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
         cands = np.array([alternative_candidates(int(rows.action[i]), cfg.k, rng) for i in idx], dtype=np.int64)
         res = sim.simulate(ids, cands, cfg.horizon) if cfg.use_simulator else None
         for j, i in enumerate(idx):
@@ -79,7 +79,7 @@ def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window:
     for lo in range(0, len(idx_all), batch):
         idx = idx_all[lo:lo + batch]
         ids = np.arange(10**12 + lo, 10**12 + lo + len(idx), dtype=np.int64)
-        states = sim.reset(ids, _histories(rows, idx, window))
+        states = sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
         prevs, lasts = zip(*(rows.previous(int(i)) for i in idx))
         records = [EpisodeRecord(int(e), int(e), int(i), agent.cfg.use_simulator) for e, i in zip(ids, idx)]
         actions = agent.decide(sim, ids, np.asarray(states, dtype=np.float64), list(prevs), list(lasts),
