@@ -27,10 +27,12 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from sepsis_rl.curriculum.cli import register as register_curriculum
+    from sepsis_rl.eval.cli import register as register_evaluate
     from sepsis_rl.rollout.cli import register as register_rollout
     from world_model.cli import register as register_world_model
 
-    return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum]
+    return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum,
+            register_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
