@@ -105,7 +105,9 @@ def fit_fqe(
         p_next = torch.from_numpy(np.asarray(next_probs, np.float32) * (~dones)[:, None].astype(np.float32))
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
-        for _ in range(cfg.iterations):
+        for k in range(cfg.iterations):
+            for group in opt.param_groups:  # anneal to lr/10: late backups refine, SGD noise must not stay in Q
+                group["lr"] = cfg.lr * (1.0 - 0.9 * k / max(cfg.iterations - 1, 1))
             with torch.no_grad():
                 y = r + cfg.gamma * (net(x_next) * p_next).sum(dim=1)
             for _ in range(cfg.epochs_per_iteration):
