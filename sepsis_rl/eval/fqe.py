@@ -5,8 +5,12 @@ number of iterations (each iteration one backup, so K iterations see K steps ahe
 It needs the target policy only as probabilities at each row's *next* state (the next row of the same stay;
 a stay's last row is terminal, its terminal reward already in r), so LLM and other stochastic policies work
 the same as greedy ones (d3rlpy's DiscreteFQE evaluates greedy policies only). The Q-network is a small
-torch MLP on standardised states plus the time since admission, warm-started across iterations, seeded and
-run on one thread, so a 100,000-transition fit takes seconds. FQE's value is the mean over stays of
+torch MLP on standardised states plus the time since admission with one output per action, warm-started
+across iterations with an annealed step size, seeded and run on one thread, so a 100,000-transition fit
+takes seconds. (A Q smooth in the dose bins, quadratic in fluid and vasopressor, was tried and extrapolated
+far worse to actions the clinicians rarely took: no-treatment -22 vs a true -3.9 on a 750-stay test split.)
+Q of an action never taken in similar states is extrapolation: FQE (and DR's variance) is only as good as
+the logged support of the evaluated policy. FQE's value is the mean over stays of
 V(s_0) = sum_a pi(a|s_0) Q(s_0, a): model-based, from the admission state only.
 """
 
@@ -28,6 +32,7 @@ class FQEConfig:
     gamma: float = DEFAULT_GAMMA
     iterations: int = 25
     epochs_per_iteration: int = 1
+    min_updates_per_iteration: int = 50  # small splits (a test split of 90 stays) still fit each backup
     hidden: int = 64
     batch_size: int = 1024
     lr: float = 2e-3
@@ -70,6 +75,16 @@ def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Module:
                          nn.Linear(hidden, n_out))
 
 
+def _minibatches(n: int, batch: int, updates: int, gen: torch.Generator):
+    """``updates`` index batches drawn epoch by epoch (each epoch a fresh permutation of the n rows)."""
+    order, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(updates):
+        if pos + batch > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        yield order[pos:pos + batch]
+        pos += batch
+
+
 def fit_fqe(
     states: np.ndarray,
     steps: np.ndarray,
@@ -94,7 +109,7 @@ def fit_fqe(
         mean = np.asarray(states, np.float64).mean(axis=0)
         std = np.asarray(states, np.float64).std(axis=0)
         std = np.where(std > 1e-8, std, 1.0)
-        scale = float(max(np.abs(rewards).std(), 1e-3))  # keep regression targets O(1)
+        scale = float(max(np.std(rewards), 1e-3))  # keep regression targets O(1)
         net = _mlp(states.shape[1] + 1, n_actions, cfg.hidden)
         model = QModel(net, mean, std, scale, cfg.time_scale)
         x = model.inputs(states, steps)
@@ -110,15 +125,14 @@ def fit_fqe(
                 group["lr"] = cfg.lr * (1.0 - 0.9 * k / max(cfg.iterations - 1, 1))
             with torch.no_grad():
                 y = r + cfg.gamma * (net(x_next) * p_next).sum(dim=1)
-            for _ in range(cfg.epochs_per_iteration):
-                order = torch.randperm(n, generator=gen)
-                for lo in range(0, n, cfg.batch_size):
-                    b = order[lo:lo + cfg.batch_size]
-                    q = net(x[b]).gather(1, a[b, None]).squeeze(1)
-                    loss = torch.mean((q - y[b]) ** 2)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+            batch = min(cfg.batch_size, n)
+            updates = max(cfg.min_updates_per_iteration, cfg.epochs_per_iteration * -(-n // batch))
+            for b in _minibatches(n, batch, updates, gen):
+                q = net(x[b]).gather(1, a[b, None]).squeeze(1)
+                loss = torch.mean((q - y[b]) ** 2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
         net.eval()
         return model
     finally:
