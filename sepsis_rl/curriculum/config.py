@@ -90,6 +90,20 @@ class RLStage:
 
 
 @dataclass
+class EvalStage:
+    """The last stage: ``sepsis-rl evaluate`` on the run (true values, off-policy estimates, safety, baselines)."""
+
+    enabled: bool = True
+    policies: str = ("clinician,random,no_treatment,guideline,wm_planner,wm_planner_k3,wd3qne,cql,bc,agent,"
+                     "agent_no_sim,base_llm_wm")
+    patients: int = 0  # test patients for the true values of non-LLM policies (0: all)
+    llm_patients: int = 50  # test patients for the true values of LLM policies
+    bootstrap: int = 200
+    gamma: float = 0.99
+    baselines: str = "default"  # offline-RL training size: default or tiny
+
+
+@dataclass
 class RolloutSetup:
     engine: str = "transformers"  # or vllm
     workers: int = 1
@@ -126,6 +140,7 @@ class PipelineConfig:
     sft: SFTStage = field(default_factory=SFTStage)
     bc: BCStage = field(default_factory=BCStage)
     rl: RLStage = field(default_factory=RLStage)
+    evaluate: EvalStage = field(default_factory=EvalStage)
     rollout: RolloutSetup = field(default_factory=RolloutSetup)
     cluster: ClusterSetup = field(default_factory=ClusterSetup)
 
@@ -136,6 +151,8 @@ class PipelineConfig:
             raise ConfigError(f"rl.endings must be expected or sample, got {self.rl.endings!r}")
         if self.rollout.engine not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
+        if self.evaluate.llm_patients < 2 or self.evaluate.bootstrap < 1 or self.evaluate.patients < 0:
+            raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients >= 0")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
             raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
 

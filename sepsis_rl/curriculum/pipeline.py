@@ -25,7 +25,7 @@ from sepsis_rl.curriculum.config import ConfigError, PipelineConfig, dump_config
 from sepsis_rl.curriculum.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-STAGES = ("cohort", "world_model", "sft", "bc", "rl", "final")
+STAGES = ("cohort", "world_model", "sft", "bc", "rl", "final", "evaluate")
 
 
 @dataclass
@@ -71,7 +71,7 @@ def run_pipeline(cfg: PipelineConfig, opts: PipelineOptions) -> dict[str, Any]:
     started = start_ray(cfg, opts.dashboard)
     steps: dict[str, Callable[[PipelineConfig, RunDir, PipelineOptions], tuple[str, dict[str, Any]]]] = {
         "cohort": stage_cohort, "world_model": stage_world_model, "sft": stage_sft, "bc": stage_bc, "rl": stage_rl,
-        "final": stage_final,
+        "final": stage_final, "evaluate": stage_evaluate,
     }
     try:
         for name in opts.stages:
@@ -248,5 +248,42 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
             "agent": {"k": cfg.rollout.k, "horizon": cfg.rollout.horizon, "temperature": 0.0},
             "config": cfg.to_dict(),
         }, sort_keys=False))
+    comparison["value_kind"] = ("in-model: the learned world model the agent trains in and consults, "
+                                f"{comparison['episodes']} held-out patients, {cfg.rl.max_steps} decisions; "
+                                "see summary.evaluation for true values")
     run.set_summary("heldout_comparison", comparison)
     return str(out), dict(comparison)
+
+
+HEADLINE = ("agent", "clinician", "random", "wm_planner", "wm_planner_k3")
+
+
+def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
+    """``sepsis-rl evaluate`` on this run; its headline (true value and DR) goes into summary.json."""
+    from sepsis_rl.eval.evaluate import EvalConfig
+    from sepsis_rl.eval.registry import Sources
+    from sepsis_rl.eval.run import run_evaluation, write_outputs
+
+    if not cfg.evaluate.enabled:
+        return "", {"skipped": True}
+    e = cfg.evaluate
+    ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
+                      patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_patients,
+                      gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines, engine=cfg.rollout.engine)
+    report = run_evaluation(Sources.from_run(run.root), ecfg)
+    out = run.path("eval")
+    with atomic_dir(out) as tmp:
+        write_outputs(report, tmp)
+    headline = {}
+    for name in HEADLINE:
+        p = report["policies"].get(name)
+        if p is None:
+            continue
+        t, dr = p.get("true"), p.get("ope", {}).get("dr")
+        headline[name] = {"status": p["status"], "true_return": t and t["return"], "true_return_ci": t and t["return_ci"],
+                          "true_survival": t and t["survival"], "true_survival_ci": t and t["survival_ci"],
+                          "true_patients": t and t["n_patients"], "dr": dr and dr.get("value"), "dr_ci": dr and dr.get("ci")}
+    run.set_summary("evaluation", {"value_kinds": "true = ground-truth simulator; dr = off-policy estimate (logged "
+                                   "test stays, 95% bootstrap CI)", "gamma": e.gamma, "policies": headline})
+    return str(out), {"policies": len(report["policies"]),
+                      "failed": [n for n, p in report["policies"].items() if p["status"] != "ok"]}

@@ -156,18 +156,20 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
     policy = build_policy(name, sources, cfg, truth)
     is_llm = name in LLM_POLICIES
     data = load_logged(sources, cfg, cfg.split, cfg.llm_ope_episodes if is_llm else None)
-    probs = policy_probs(policy, data, cfg.window)
     names = data.feature_names
-    prev = data.last_actions()
-    est = off_policy_estimates(data, probs, OPEConfig(gamma=cfg.gamma, n_boot=cfg.n_boot, seed=cfg.seed, use_fqe=cfg.fqe))
-    out: dict[str, Any] = {
-        "status": "ok", "error": None, "n_decisions": int(len(data)), "n_ope_episodes": int(len(np.unique(data.episode_ids))),
-        "ope": {k: _estimate_dict(v) for k, v in est.items()},
-        "safety": _rates(safety_metrics(data.states, names, prev, probs, mode="expected")),
-        "action_table": action_table(probs), "dose_by_state": dose_by_state(data.states, names, probs),
-    }
-    if sources.world_model is not None:
-        out["ope"]["wm"] = _in_model(policy, sources, cfg, data, is_llm)
+    out: dict[str, Any] = {"status": "ok", "error": None, "n_decisions": 0, "ope": {}, "safety": {}}
+    if not getattr(policy, "truth_only", False):  # oracles need hidden states: no logged-data estimates
+        probs = policy_probs(policy, data, cfg.window)
+        est = off_policy_estimates(data, probs, OPEConfig(gamma=cfg.gamma, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                          use_fqe=cfg.fqe))
+        out.update({
+            "n_decisions": int(len(data)), "n_ope_episodes": int(len(np.unique(data.episode_ids))),
+            "ope": {k: _estimate_dict(v) for k, v in est.items()},
+            "safety": _rates(safety_metrics(data.states, names, data.last_actions(), probs, mode="expected")),
+            "action_table": action_table(probs), "dose_by_state": dose_by_state(data.states, names, probs),
+        })
+        if sources.world_model is not None:
+            out["ope"]["wm"] = _in_model(policy, sources, cfg, data, is_llm)
     if truth is not None:
         play = policy.with_epsilon(0.0) if hasattr(policy, "with_epsilon") else policy
         traj = _true_rollouts(play, sources, cfg, cfg.llm_patients if is_llm else cfg.patients)

@@ -63,6 +63,7 @@ class TrueSimulatorPlanner(Policy):
     """The oracle: one-step true expected reward from the hidden state (Monte Carlo over ``samples``)."""
 
     deterministic = True
+    truth_only = True  # it reads hidden states: true rollouts only, no logged-data estimates
 
     def __init__(self, sim: SepsisSimulator, candidates: str = "all", proposer: Policy | None = None,
                  samples: int = 16, seed: int = 0, name: str | None = None):

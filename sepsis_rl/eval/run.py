@@ -24,7 +24,7 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
     names = list(dict.fromkeys([REFERENCE, *cfg.policies]))
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
         started = True
     try:
