@@ -216,3 +216,7 @@ def test_off_policy_estimates_on_a_synthetic_cohort(tmp_path):
     assert all(np.isfinite(e.value) and e.ci[0] <= e.ci[1] for e in est.values())
     json_ready = {k: v.to_dict() for k, v in est.items()}
     assert json_ready["wis"]["ess"] == pytest.approx(len(data.episode_starts()))
+    # FQE fitted on another split: same importance-sampling estimates, a different Q-model
+    val = LoggedData.from_cohort(cohort, "val")
+    other = off_policy_estimates(data, probs, cfg, fqe_data=(val, np.full((len(val), N_ACTIONS), 1 / N_ACTIONS)))
+    assert other["wis"].value == est["wis"].value and other["fqe"].value != est["fqe"].value
