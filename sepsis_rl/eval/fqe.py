@@ -17,12 +17,16 @@ V(s_0) = sum_a pi(a|s_0) Q(s_0, a): model-based, from the admission state only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from sepsis_rl.eval.ope import DEFAULT_BOOTSTRAP, DEFAULT_GAMMA, Estimate, mean_estimate
+
+if TYPE_CHECKING:  # only for annotations: plain arrays need no cohort code
+    from sepsis_rl.eval.logged import LoggedData
 
 
 @dataclass
@@ -165,7 +169,7 @@ def fit_fqe(
         torch.set_num_threads(old_threads)
 
 
-def fit_fqe_logged(data: "LoggedData", target_probs: np.ndarray, cfg: FQEConfig | None = None) -> QModel:  # noqa: F821
+def fit_fqe_logged(data: LoggedData, target_probs: np.ndarray, cfg: FQEConfig | None = None) -> QModel:
     """FQE on a split's logged rows for a policy whose [N, 25] probabilities at every row are given."""
     return fit_fqe(data.states, data.steps, data.actions, data.rewards, data.dones,
                    next_row_probs(target_probs, data.dones), cfg)
@@ -177,7 +181,7 @@ def fqe_value(model: QModel, states0: np.ndarray, steps0: np.ndarray, probs0: np
     return mean_estimate(model.values(states0, steps0, probs0), n_boot, seed)
 
 
-def fqe_value_logged(model: QModel, data: "LoggedData", target_probs: np.ndarray,  # noqa: F821
+def fqe_value_logged(model: QModel, data: LoggedData, target_probs: np.ndarray,
                      n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> Estimate:
     s0 = data.episode_starts()
     return fqe_value(model, data.states[s0], data.steps[s0], np.asarray(target_probs)[s0], n_boot, seed)

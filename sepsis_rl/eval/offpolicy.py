@@ -13,7 +13,7 @@ import numpy as np
 
 from sepsis_rl.eval.fqe import FQEConfig, fit_fqe_logged, fqe_value_logged
 from sepsis_rl.eval.logged import LoggedData
-from sepsis_rl.eval.ope import DEFAULT_BOOTSTRAP, DEFAULT_GAMMA, Estimate, Episodes, all_estimates
+from sepsis_rl.eval.ope import DEFAULT_BOOTSTRAP, DEFAULT_GAMMA, Episodes, Estimate, all_estimates
 
 
 @dataclass

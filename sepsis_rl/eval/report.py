@@ -149,8 +149,8 @@ def render_markdown(report: dict) -> str:
     lines += _table(["policy", "return", "survival", "Δ return vs clinician", "Δ survival vs clinician",
                      "patients", "WM − true"], rows) if rows else ["No ground truth for this cohort."]
     if rows:
-        lines += ["", "\"WM − true\": the world model's value of the policy minus its true discounted value; a large "
-                  "positive gap for an agent that consults the world model means it exploits the model's errors."]
+        lines += ["", ("\"WM − true\": the world model's value of the policy minus its true discounted value; a "
+                       "large positive gap for an agent that consults the world model means it exploits its errors.")]
 
     lines += ["", "## Safety (policy's choices on the logged test states)", ""]
     rows = []
