@@ -34,7 +34,8 @@ REPORT = {
     "cohort": "/tmp/cohort", "split": "test", "gamma": 0.99, "n_episodes": 200,
     "policies": {
         # clinician: WIS covers 10, DR misses (hi 9.5); random: WIS misses (lo 8.2 > 8), DR covers
-        "clinician": _policy(10.0, {"wis": _est(10.1, 9.0, 11.0), "dr": _est(9.0, 8.5, 9.5)}, 6),
+        "clinician": _policy(10.0, {"wis": _est(10.1, 9.0, 11.0), "dr": _est(9.0, 8.5, 9.5),
+                                     "wm": _est(12.5, 12.0, 13.0)}, 6),
         "random": _policy(8.0, {"wis": _est(8.6, 8.2, 9.0), "dr": _est(7.5, 6.0, 9.0, 12.0)}, 12),
         "broken": {"ope": {}, "true": None, "safety": {}, "n_decisions": 0, "status": "failed",
                    "error": "ValueError: model file missing", "action_table": None, "dose_by_state": None},
@@ -63,6 +64,7 @@ def test_write_report_md_and_pngs(tmp_path):
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "| clinician | 10.10 [9.00, 11.00] (100) |" in md  # WIS cell of the clinician row
     assert "| WIS | 1/2 |" in md
+    assert "| 200 | 2.50 |" in md  # the clinician's world-model value 12.5 minus its true 10.0
     assert "**broken**: ValueError: model file missing" in md
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["gamma"] == 0.99
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".report-")]

@@ -13,7 +13,7 @@ import numpy as np
 
 from sepsis_rl.eval.fqe import FQEConfig, fit_fqe_logged, fqe_value_logged
 from sepsis_rl.eval.logged import LoggedData
-from sepsis_rl.eval.ope import DEFAULT_BOOTSTRAP, DEFAULT_GAMMA, Estimate, Episodes, all_estimates
+from sepsis_rl.eval.ope import DEFAULT_BOOTSTRAP, DEFAULT_GAMMA, Episodes, Estimate, all_estimates
 
 
 @dataclass
@@ -25,14 +25,25 @@ class OPEConfig:
     use_fqe: bool = True  # False: IS-family only (no DR/WDR/FQE), for a quick look
 
 
-def off_policy_estimates(data: LoggedData, target_probs: np.ndarray, cfg: OPEConfig | None = None) -> dict[str, Estimate]:
-    """{"is", "wis", "pdis", "wpdis", ["dr", "wdr", "fqe"]} -> Estimate for one policy on one logged split."""
+def off_policy_estimates(
+    data: LoggedData,
+    target_probs: np.ndarray,
+    cfg: OPEConfig | None = None,
+    fqe_data: tuple[LoggedData, np.ndarray] | None = None,
+) -> dict[str, Estimate]:
+    """{"is", "wis", "pdis", "wpdis", ["dr", "wdr", "fqe"]} -> Estimate for one policy on one logged split.
+
+    ``fqe_data`` = (another split, the policy's probabilities there) fits FQE on that split instead (e.g.
+    train: more data, and a Q-model independent of the evaluation stays keeps DR's correction honest); FQE's
+    value is still taken at the evaluation split's admission states.
+    """
     cfg = cfg or OPEConfig()
     q_values = None
     out: dict[str, Estimate] = {}
     if cfg.use_fqe:
         fqe_cfg = FQEConfig(**{**cfg.fqe.__dict__, "gamma": cfg.gamma})
-        model = fit_fqe_logged(data, target_probs, fqe_cfg)
+        fit_data, fit_probs = fqe_data if fqe_data is not None else (data, target_probs)
+        model = fit_fqe_logged(fit_data, fit_probs, fqe_cfg)
         q_values = model.q_values(data.states, data.steps)
         out["fqe"] = fqe_value_logged(model, data, target_probs, cfg.n_boot, cfg.seed)
     ep = Episodes.from_logged(data, target_probs, cfg.gamma, q_values)

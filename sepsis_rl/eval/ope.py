@@ -26,8 +26,9 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from sepsis_rl.cohort.spec import N_ACTIONS
 DEFAULT_GAMMA = 0.99
 DEFAULT_BOOTSTRAP = 200
 ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr")
+
+if TYPE_CHECKING:  # only for annotations: plain arrays need no cohort code
+    from sepsis_rl.eval.logged import LoggedData
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class Episodes:
         gamma: float = DEFAULT_GAMMA,
         q_logged: np.ndarray | None = None,
         v_state: np.ndarray | None = None,
-    ) -> "Episodes":
+    ) -> Episodes:
         """Pad per-row arrays (rows sorted by episode then step; ``episode_index`` 0..E-1 non-decreasing).
 
         ``behaviour_prob`` / ``target_prob``: probability each policy gives the *logged* action of the row.
@@ -147,11 +151,11 @@ class Episodes:
     @classmethod
     def from_logged(
         cls,
-        data: "LoggedData",  # noqa: F821 (sepsis_rl.eval.logged; kept lazy so plain arrays need no cohort)
+        data: LoggedData,
         target_probs: np.ndarray,
         gamma: float = DEFAULT_GAMMA,
         q_values: np.ndarray | None = None,
-    ) -> "Episodes":
+    ) -> Episodes:
         """From a split's logged rows and the target policy's [N, 25] probabilities (and, for DR, [N, 25] Q)."""
         if data.behaviour_prob is None:
             raise ValueError("the cohort has no behaviour_prob column: estimate a behaviour policy first")

@@ -61,6 +61,12 @@ def _ok(entry: dict) -> bool:
     return entry.get("status", "ok") == "ok"
 
 
+def wm_gap(entry: dict) -> float | None:
+    """World-model (in-model) value minus the true value: how much the policy gains from world-model error."""
+    wm, truth = _estimates(entry).get("wm"), _truth(entry)
+    return None if wm is None or truth is None else float(wm["value"]) - truth
+
+
 def estimator_coverage(report: dict) -> dict[str, dict[str, Any]]:
     """Per estimator: over policies with a truth, how often the 95% CI contained the true value."""
     out: dict[str, dict[str, Any]] = {}
@@ -139,9 +145,12 @@ def render_markdown(report: dict) -> str:
                      _with_ci(t.get("survival"), t.get("survival_ci"), 3),
                      _with_ci(t.get("diff_return_vs_clinician"), t.get("diff_return_ci")),
                      _with_ci(t.get("diff_survival_vs_clinician"), t.get("diff_survival_ci"), 3),
-                     str(t.get("n_patients", "–"))])
+                     str(t.get("n_patients", "–")), _num(wm_gap(p))])
     lines += _table(["policy", "return", "survival", "Δ return vs clinician", "Δ survival vs clinician",
-                     "patients"], rows) if rows else ["No ground truth for this cohort."]
+                     "patients", "WM − true"], rows) if rows else ["No ground truth for this cohort."]
+    if rows:
+        lines += ["", ("\"WM − true\": the world model's value of the policy minus its true discounted value; a "
+                       "large positive gap for an agent that consults the world model means it exploits its errors.")]
 
     lines += ["", "## Safety (policy's choices on the logged test states)", ""]
     rows = []

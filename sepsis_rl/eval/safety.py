@@ -80,7 +80,7 @@ class SafetyState:
 
     @classmethod
     def from_states(cls, states: np.ndarray, feature_names: tuple[str, ...] | list[str], prev_actions: np.ndarray,
-                    cols: SafetyColumns = SafetyColumns()) -> "SafetyState":
+                    cols: SafetyColumns = SafetyColumns()) -> SafetyState:
         names = list(feature_names)
         states = np.asarray(states, np.float64)
         prev = np.asarray(prev_actions, np.int64)
