@@ -49,8 +49,18 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
     assert 0 <= bc["action_accuracy"] <= 1 and 0 <= bc["majority_rate"] <= 1
     cmp = summary["heldout_comparison"]
     assert {"agent", "agent_before_rl", "clinician", "random"} <= set(cmp)
-    for stage in ("cohort", "world_model", "sft", "bc", "rl", "final"):
+    for stage in ("cohort", "world_model", "sft", "bc", "rl", "final", "evaluate"):
         assert summary["stages"][stage]["wall_s"] >= 0
+    assert cmp["value_kind"].startswith("in-model")
+    # the evaluate stage: true values (ground truth) and off-policy estimates of the agent and the references
+    headline = summary["evaluation"]["policies"]
+    assert {"agent", "clinician", "random", "wm_planner_k3"} <= set(headline)
+    for name in ("agent", "clinician"):
+        assert headline[name]["status"] == "ok" and -16 <= headline[name]["true_return"] <= 16
+        assert headline[name]["dr"] is not None
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["policies"]["agent"]["llm"]["decisions"] > 0
+    assert summary["stages"]["evaluate"]["failed"] == []
     agent = out / "agent"
     assert (agent / "model" / "config.json").exists() and (agent / "model" / "model.safetensors").exists()
     assert (agent / "world_model" / "config.json").exists() and (agent / "agent.yaml").exists()

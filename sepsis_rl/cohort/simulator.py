@@ -143,6 +143,10 @@ class StepOutcome:
     discharged: np.ndarray  # left the ICU alive at the end of the step
     post_icu_death: np.ndarray  # for discharged (or capped) stays: died within the outcome window
     done: np.ndarray  # the stay ended with this step
+    # the probabilities the ending draws used (for exact expectations, e.g. the oracle planner)
+    p_died: np.ndarray | None = None  # in-ICU death this step
+    p_leave: np.ndarray | None = None  # leaving alive this step (discharge or the cap), given no death
+    p_post: np.ndarray | None = None  # death after leaving, given leaving
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -343,7 +347,8 @@ class SepsisSimulator:
         leaving = discharged | capped
         p_post = sigmoid(cfg.post_icu_intercept + self.post_icu_logit(nb, sofa))
         post_death = leaving & (rng.random(n) < p_post)
-        return StepOutcome(nb, died, discharged, post_death, died | leaving)
+        p_leave = np.where(x["t"] >= cfg.max_steps, 1.0, stable * cfg.discharge_prob)
+        return StepOutcome(nb, died, discharged, post_death, died | leaving, hazard, p_leave, p_post)
 
     # ------------------------------------------------------------------------------------- mortality
     def death_logit(self, b: PatientBatch, sofa: np.ndarray, mapv: np.ndarray, lac_before: np.ndarray,

@@ -209,9 +209,11 @@ def true_summary(traj: Trajectories, reference: Trajectories | None = None) -> d
 
 def true_action_values(sim: SepsisSimulator, batch: PatientBatch, actions: np.ndarray, samples: int = 16,
                        seed: int = 0, reward: RewardConfig = RewardConfig()) -> np.ndarray:
-    """One-step true expected reward [B, A] of each of ``actions`` (joint ids) from hidden states ``batch``,
-    averaged over ``samples`` dynamics and charting draws (the terminal reward where the stay ends), at the
-    bins' representative doses. The oracle behind the true-simulator planner and ``action_rank_spearman``."""
+    """One-step true expected reward [B, A] of each of ``actions`` (joint ids) from hidden states ``batch``, at
+    the bins' representative doses. The endings enter by their exact probabilities (death, leaving alive,
+    death after leaving), the continuous dynamics and charting noise by ``samples`` draws: far less Monte
+    Carlo noise than drawing the endings. The oracle behind the true-simulator planner and
+    ``action_rank_spearman``."""
     n, acts = len(batch), np.asarray(actions, dtype=np.int64)
     names = sim.feature_names
     sofa_i, lac_i = names.index("SOFA"), names.index("Arterial_lactate")
@@ -222,7 +224,9 @@ def true_action_values(sim: SepsisSimulator, batch: PatientBatch, actions: np.nd
     obs = sim.observe(big, KeyedNoise(stream_seed(seed, "oracle-chart0"), keys, 0))
     out = sim.step_actions(big, a, KeyedNoise(stream_seed(seed, "oracle-dynamics"), keys, 0))
     nxt = sim.observe(out.batch, KeyedNoise(stream_seed(seed, "oracle-chart1"), keys, 0))
-    dead = out.died | out.post_icu_death
-    r = np.where(out.done, terminal_reward(dead, reward),
-                 intermediate_reward(obs[:, sofa_i], nxt[:, sofa_i], obs[:, lac_i], nxt[:, lac_i], reward))
+    r_die = terminal_reward(np.ones(len(rep), dtype=bool), reward)
+    r_live = terminal_reward(np.zeros(len(rep), dtype=bool), reward)
+    stay = intermediate_reward(obs[:, sofa_i], nxt[:, sofa_i], obs[:, lac_i], nxt[:, lac_i], reward)
+    h, q, post = out.p_died, out.p_leave, out.p_post
+    r = h * r_die + (1 - h) * (q * (post * r_die + (1 - post) * r_live) + (1 - q) * stay)
     return r.reshape(n, len(acts), samples).mean(axis=2)

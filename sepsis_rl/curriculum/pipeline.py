@@ -50,7 +50,7 @@ def start_ray(cfg: PipelineConfig, dashboard: bool) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
     cpus = max(os.cpu_count() or 2, math.ceil(resources_needed(cfg)))
-    ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
     return True
 
 

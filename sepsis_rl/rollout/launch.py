@@ -19,7 +19,7 @@ def run_rollout(args: argparse.Namespace) -> pa.Table:
     model_path = resolve_base_model(args.model)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=max(2, args.workers + args.shards), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(2, args.workers + args.shards), include_dashboard=False, log_to_driver=False)
     try:
         pool = SimulatorPool(args.world_model, SimulationConfig(max_steps=args.max_steps, seed=args.seed),
                              PoolConfig(num_shards=args.shards, num_cpus_per_shard=0.5))

@@ -146,7 +146,7 @@ def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig
     tmp = Path(tempfile.mkdtemp(prefix=f"sepsis_rl_{name}_"))
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     old_v2 = getattr(ctx, "use_datasource_v2", None)
     ctx.use_datasource_v2 = False
