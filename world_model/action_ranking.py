@@ -56,7 +56,7 @@ class _Probe(Policy):
         return self.inner.action_probs(batch)
 
 
-def action_ranking(model: object, cohort_dir: str | os.PathLike, states: int = 400, samples: int = 32,
+def action_ranking(model: object, cohort_dir: str | os.PathLike, states: int = 400, samples: int = 64,
                    seed: int = 0) -> dict[str, float | int | str]:
     from sepsis_rl.cohort.store import read_split
     from sepsis_rl.cohort.synth import GroundTruth
