@@ -64,14 +64,59 @@ def bench_ope(n_transitions: int, threads: int) -> dict:
     }
 
 
-def bench_policies(n_decisions: int) -> dict:
-    """Hook: decisions/s of each policy family (filled in with the evaluate driver's policies)."""
-    return {}
+def bench_policies(n_decisions: int, run_dir: str | None, cohort: str | None, world_model: str | None,
+                   llm_decisions: int) -> dict:
+    """Decisions/s of each policy family on the same logged test decisions (one process, one batch per
+    family; LLM policies on fewer decisions: each costs two generations and a world-model simulation)."""
+    import torch
+
+    from sepsis_rl.eval.evaluate import EvalConfig, build_policy, policy_probs
+    from sepsis_rl.eval.logged import LoggedData
+    from sepsis_rl.eval.registry import Sources
+
+    if run_dir is None and cohort is None:
+        return {"skipped": "pass --run RUN_DIR or --cohort DIR (and --world-model) to time policies"}
+    torch.set_num_threads(1)
+    sources = Sources.from_run(run_dir) if run_dir else Sources(cohort=cohort, world_model=world_model)
+    cfg = EvalConfig(baselines="tiny")
+    from sepsis_rl.cohort.synth import GroundTruth
+
+    try:
+        truth = GroundTruth.load(sources.cohort)
+    except ValueError:
+        truth = None
+    names = ["clinician", "random", "guideline", "wd3qne"]
+    names += ["wm_planner", "wm_planner_k3"] if sources.world_model else []
+    names += ["agent", "agent_no_sim"] if run_dir else []
+    out: dict = {}
+    for name in names:
+        n = llm_decisions if name.startswith("agent") else n_decisions
+        data = LoggedData.from_cohort(sources.cohort, "test")
+        data = _first_rows(data, n)
+        policy = build_policy(name, sources, cfg, truth)
+        t0 = time.perf_counter()
+        policy_probs(policy, data, cfg.window)
+        dt = time.perf_counter() - t0
+        out[name] = {"decisions": len(data), "seconds": round(dt, 3), "decisions_per_s": round(len(data) / dt, 2)}
+    return out
+
+
+def _first_rows(data, n: int):  # noqa: ANN001, ANN202
+    """The first ``n`` rows' whole stays (policies see stays in order)."""
+    import numpy as np
+
+    ep = np.unique(data.episode_ids)
+    keep = np.isin(data.episode_ids, ep[: max(1, int(np.searchsorted(np.cumsum(np.bincount(data.episode_index())), n)) + 1)])
+    for k in ("episode_ids", "steps", "states", "actions", "rewards", "dones", "outcome"):
+        setattr(data, k, getattr(data, k)[keep])
+    if data.behaviour_prob is not None:
+        data.behaviour_prob = data.behaviour_prob[keep]
+    return data
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "ope": lambda a: bench_ope(a.transitions, a.threads),
-    "policies": lambda a: bench_policies(a.decisions),
+    "policies": lambda a: bench_policies(a.decisions, a.run, a.cohort, a.world_model, a.llm_decisions),
 }
 
 
@@ -80,6 +125,10 @@ def main() -> None:
     ap.add_argument("--transitions", type=int, default=100_000)
     ap.add_argument("--decisions", type=int, default=2_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--run", help="run folder (LLM policies, its world model and cohort)")
+    ap.add_argument("--cohort", help="cohort folder (without a run)")
+    ap.add_argument("--world-model", help="world model folder (planners, without a run)")
+    ap.add_argument("--llm-decisions", type=int, default=16)
     ap.add_argument("--sections", default="ope", help=f"comma-separated, of {','.join(SECTIONS)}")
     args = ap.parse_args()
     out = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
