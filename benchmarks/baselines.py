@@ -2,7 +2,8 @@
 
     python benchmarks/baselines.py --cohort /tmp/baselines/c10k [--preset default] [--names wd3qne cql ...]
 
-The selection value is the default selector's score (val WIS with the cohort's behaviour propensities) of the
+``cpu_seconds_this_process`` excludes Ray worker processes (RLlib's data pipeline); on a shared machine the
+wall time mostly measures the neighbours. The selection value is the default selector's score (val WIS with the cohort's behaviour propensities) of the
 chosen checkpoint; greedy policies are scored softened with epsilon 0.1 (their configs' ``select_epsilon``).
 """
 
@@ -40,11 +41,11 @@ def main() -> None:
                               "val_clinician_mean_return_gamma0.99": float(val.returns(0.99).mean()),
                               "baselines": {}}
     for name in args.names:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         policy = build_baseline(name, train, val, args.preset)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         info = getattr(policy, "info", {})
-        row = {"wall_seconds": round(wall, 1),
+        row = {"wall_seconds": round(wall, 1), "cpu_seconds_this_process": round(cpu, 1),
                "val_wis_softened_0.1": wis_selector(_Softened(policy, 0.1), val),
                "val_wis_as_returned": wis_selector(policy, val)}
         for k in ("selected_step", "val_selection_value", "val_history", "temperature", "val", "val_uncalibrated",
