@@ -1,6 +1,6 @@
 """Train every baseline on a cohort's train split, select on val, print JSON: training time and selection value.
 
-    python benchmarks/baselines.py --cohort /tmp/baselines/c10k [--preset default] [--names wd3qne cql ...]
+    python benchmarks/baselines.py --cohort DIR [--preset default] [--names wd3qne cql ...]
 
 ``cpu_seconds_this_process`` excludes Ray worker processes (RLlib's data pipeline); on a shared machine the
 wall time mostly measures the neighbours. The selection value is the default selector's score (val WIS with the cohort's behaviour propensities) of the

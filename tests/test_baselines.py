@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from sepsis_rl.cohort.spec import N_ACTIONS, ActionBins
-from sepsis_rl.cohort.store import read_spec
 from sepsis_rl.cohort.synth import synthesize_cohort
 from sepsis_rl.eval.baselines import build_baseline
 from sepsis_rl.eval.baselines.behaviour_estimate import expected_calibration_error, fit_temperature
@@ -89,8 +88,8 @@ def test_expertise_changes_the_td_loss_only_on_rows_below_the_sofa_threshold():
     online = _Table([[0.0, 0.0, 0.0], [1.0, 5.0, 2.0]])  # state 1 = s'
     target = _Table([[0.0, 0.0, 0.0], [4.0, 3.0, 6.0]])
     eye = torch.eye(2)
-    tr = Transitions(obs=np.stack([eye[0].numpy()] * 2), actions=np.array([0, 0]), rewards=np.array([1.0, 1.0], np.float32),
-                     next_obs=np.stack([eye[1].numpy()] * 2), dones=np.array([False, False]),
+    tr = Transitions(obs=np.stack([eye[0].numpy()] * 2), actions=np.array([0, 0]),
+                     rewards=np.array([1.0, 1.0], np.float32), next_obs=np.stack([eye[1].numpy()] * 2), dones=np.array([False, False]),
                      next_actions=np.array([0, 0]), episode_ids=np.array([0, 1]), sofa=np.array([2.0, 9.0]))
     with_exp, without = WD3QNEConfig(gamma=0.5), WD3QNEConfig(gamma=0.5, expertise=False)
     assert _tensors(tr, with_exp)["expert"].tolist() == [True, False]
@@ -98,7 +97,7 @@ def test_expertise_changes_the_td_loss_only_on_rows_below_the_sofa_threshold():
     w = math.exp(3) / (math.exp(3) + math.exp(6))
     y_model = 1.0 + 0.5 * (w * 3.0 + (1 - w) * 6.0)
     y_clin = 1.0 + 0.5 * 4.0
-    huber = lambda d: 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5  # noqa: E731  (Q(s, a) = 0 here)
+    huber = lambda d: 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5  # Q(s, a) = 0 here
     loss_exp = td_loss(online, target, _tensors(tr, with_exp), with_exp).item()
     loss_no = td_loss(online, target, _tensors(tr, without), without).item()
     assert loss_exp == pytest.approx((huber(y_clin) + huber(y_model)) / 2, rel=1e-6)
