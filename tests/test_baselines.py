@@ -162,6 +162,27 @@ def test_wis_selector_hand_values(cohort):
     assert wis_selector(_Fixed(24), data, gamma=0.5) == pytest.approx(0.5 * 10.0)  # only good stays weigh
 
 
+class _Logged(Policy):
+    """Gives each logged row's action exactly its recorded behaviour probability (the rest spread evenly)."""
+
+    def __init__(self, data: LoggedData) -> None:
+        self.lookup = {(int(e), int(t)): (int(a), float(p)) for e, t, a, p in
+                       zip(data.episode_ids, data.steps, data.actions, data.behaviour_prob)}
+
+    def action_probs(self, batch: DecisionBatch) -> np.ndarray:
+        out = np.zeros((len(batch), N_ACTIONS))
+        for i, (e, t) in enumerate(zip(batch.episode_ids, batch.steps)):
+            a, p = self.lookup[(int(e), int(t))]
+            out[i] = (1 - p) / (N_ACTIONS - 1)
+            out[i, a] = p
+        return out
+
+
+def test_wis_selector_of_the_behaviour_policy_is_the_mean_logged_return(cohort):
+    val = cohort[1]
+    assert wis_selector(_Logged(val), val, gamma=0.9) == pytest.approx(val.returns(0.9).mean(), rel=1e-9)
+
+
 # --- guideline -------------------------------------------------------------------------------------------------
 
 
