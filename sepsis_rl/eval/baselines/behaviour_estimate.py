@@ -57,7 +57,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    np.bincount(bins, minlength=n_bins)
     acc = np.bincount(bins, weights=correct, minlength=n_bins)
     cf = np.bincount(bins, weights=conf, minlength=n_bins)
     return float(np.abs(acc - cf).sum() / len(conf))

@@ -157,7 +157,8 @@ class SelectionLog:
         self.best_state: object = None
 
     def offer(self, step: int, value: float, state: Callable[[], object]) -> bool:
-        self.history.append((step, float(value)))
+        value = float(value) if np.isfinite(value) or value == float("-inf") else float("-inf")  # NaN: unscorable
+        self.history.append((step, value))
         if self.best_state is None or value > self.best_value:
             self.best_step, self.best_value, self.best_state = step, float(value), state()
             return True

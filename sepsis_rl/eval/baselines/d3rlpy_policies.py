@@ -38,7 +38,7 @@ class D3rlpyConfig:
     lr: float = 1e-4
     gamma: float = 0.99
     batch_size: int = 256
-    steps: int = 8_000
+    steps: int = 10_000
     eval_every: int = 1_000
     target_update_interval: int = 500
     cql_alpha: float = 1.0

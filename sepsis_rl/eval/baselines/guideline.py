@@ -12,8 +12,8 @@ Fluids (mL in the 4-hour step, binned with the cohort's ``fluid`` edges, ``Actio
   e.g. Boyd et al. Crit Care Med 2011;39:259; SSC-2021 gives no number). F1 overrides F2-F4.
 - F2 initial resuscitation: in the first 3 hours (the admission step, step 0) with sepsis-induced
   hypoperfusion, MAP < 65 mmHg or lactate >= 4 mmol/L, give at least 30 mL/kg crystalloid (SSC-2021
-  initial resuscitation, weak recommendation), minus the fluid already charted since admission (``input_total``), using the patient's
-  ``Weight_kg`` (80 kg if not charted).
+  initial resuscitation, weak recommendation), minus the fluid already charted since admission
+  (``input_total``), using the patient's ``Weight_kg`` (80 kg if not charted).
 - F3 reassess and repeat: later steps with persisting hypoperfusion (MAP < 65 or lactate >= 4) get a 500 mL
   fluid challenge (SSC-2021 recommends guiding further fluid by frequent reassessment and dynamic measures of
   fluid responsiveness, which the chart does not have; *choice*: one 500 mL challenge per step while

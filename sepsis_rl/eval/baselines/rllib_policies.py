@@ -73,7 +73,10 @@ def transition_table(data: LoggedData, enc: StateEncoder) -> pa.Table:
     tr = transitions(data, enc)
     new_obs = np.where(tr.dones[:, None], tr.obs, tr.next_obs)
     d = tr.obs.shape[1]
-    as_list = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), d)  # noqa: E731
+
+    def as_list(x: np.ndarray) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), d)
+
     return pa.table({
         "eps_id": pa.array(tr.episode_ids.astype(str)),
         "obs": as_list(tr.obs),
