@@ -56,7 +56,7 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
     headline = summary["evaluation"]["policies"]
     assert {"agent", "clinician", "random", "wm_planner_k3"} <= set(headline)
     for name in ("agent", "clinician"):
-        assert headline[name]["status"] == "ok" and -16 <= headline[name]["true_return"] <= 16
+        assert headline[name]["status"] == "ok" and -40 <= headline[name]["true_return"] <= 40
         assert headline[name]["dr"] is not None
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["policies"]["agent"]["llm"]["decisions"] > 0
