@@ -82,6 +82,7 @@ class RLStage:
     eval_every: int = 1
     eval_temperature: float = 0.0  # greedy: the held-out return then moves only when the policy does
     checkpoint_every: int = 2
+    keep_checkpoints: int = 2  # the last K checkpoints stay: a corrupt newest one falls back to the previous
     mismatch_samples: int = 4  # segments whose log-probs are compared learner vs engine after each sync
 
 
