@@ -8,6 +8,8 @@ call anything:
 - ZeRO 1/2: this rank's fp32 master partition per parameter group and the base optimizer's state
   (AdamW moments and step). Restoring copies the partition back and re-gathers the bit16 weights on all
   ranks (``update_lp_params``, a collective: every rank restores together).
+- ZeRO 3: this rank's flat fp32 partitions and the base optimizer's state, restored through DeepSpeed's
+  own rigid loader (which copies fp32 into the bit16 partitions) with this engine's loss scaler.
 - ZeRO 0 (plain torch optimizer): the module's state dict and the optimizer's.
 - Every rank: its Python, NumPy and torch RNG states and its update count.
 """
@@ -51,10 +53,14 @@ def engine_state(engine: Any) -> dict[str, Any]:
     if hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO 1/2
         return {"kind": "zero12", "fp32": [t.detach().cpu().clone() for t in opt.single_partition_of_fp32_groups],
                 "base": opt.optimizer.state_dict()}
+    if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO 3
+        return {"kind": "zero3", "fp32": [t.detach().cpu().clone() for t in opt.fp32_partitioned_groups_flat],
+                "base": opt.state_dict()["optimizer_state_dict"]}
     if isinstance(opt, torch.optim.Optimizer):  # ZeRO 0, fp32
         return {"kind": "torch", "module": {k: v.detach().cpu() for k, v in engine.module.state_dict().items()},
                 "base": opt.state_dict()}
-    raise UnsupportedCheckpointError(f"checkpoints support ZeRO stages 0-2 (this learner's optimizer is {type(opt).__name__})")
+    raise UnsupportedCheckpointError(f"checkpoints support ZeRO 0 in fp32 and ZeRO 1-3 (this learner's optimizer is "
+                                     f"{type(opt).__name__})")
 
 
 def restore_engine_state(engine: Any, state: dict[str, Any]) -> None:
@@ -69,6 +75,10 @@ def restore_engine_state(engine: Any, state: dict[str, Any]) -> None:
             live.data.copy_(saved.to(live.device))
         opt.optimizer.load_state_dict(state["base"])
         opt.update_lp_params()  # bit16 weights from the fp32 masters, gathered on every rank
+        return
+    if state["kind"] == "zero3":
+        live = opt.state_dict()  # this engine's own loss scaler and partition metadata; only tensors come from the file
+        opt._rigid_load_state_dict({**live, "optimizer_state_dict": state["base"], "fp32_flat_groups": state["fp32"]})
         return
     engine.module.load_state_dict(state["module"])
     opt.load_state_dict(state["base"])
