@@ -43,7 +43,7 @@ def test_node_local_run_dir_is_caught_and_a_shared_one_runs_across_nodes(two_nod
         run_pipeline(_cfg(), PipelineOptions(str(run), stages=("cohort",)))
     assert str(e.value) == (f"run directory {run} is not shared with node {node_b['NodeID']} ({node_b['NodeManagerAddress']}): "
                             "use a shared filesystem or an s3:// / gs:// URI")
-    assert not (run / "state.json").exists()  # stopped before any stage
+    assert not (run / "state.json").exists() and not (run / "config.yaml").exists()  # stopped before writing anything
 
     cluster.remove_node(private)
     shared_node = cluster.add_node(num_cpus=2)

@@ -51,16 +51,16 @@ def start_ray(cfg: PipelineConfig, dashboard: bool) -> bool:
     return _start_ray(max(os.cpu_count() or 2, math.ceil(resources_needed(cfg))), dashboard)
 
 
-def _check_resume(run: RunDir, cfg: PipelineConfig, resume: bool) -> None:
+def _check_resume(run: RunDir, cfg: PipelineConfig, resume: bool) -> bool:
+    """True if the folder already holds this run (and --resume was asked); refuses anything else."""
     saved = run.uri("config.yaml")
-    if storage.exists(saved):
-        if not resume:
-            raise FileExistsError(f"{run.location} already holds a run: pass --resume to continue it, or choose another --out")
-        if yaml.safe_load(storage.read_text(saved)) != cfg.to_dict():
-            raise ConfigError(f"{saved} differs from the requested configuration: a resumed run keeps its config")
-    else:
-        dump_config(cfg, run.path("config.yaml"))
-        run.publish_file("config.yaml")
+    if not storage.exists(saved):
+        return False
+    if not resume:
+        raise FileExistsError(f"{run.location} already holds a run: pass --resume to continue it, or choose another --out")
+    if yaml.safe_load(storage.read_text(saved)) != cfg.to_dict():
+        raise ConfigError(f"{saved} differs from the requested configuration: a resumed run keeps its config")
+    return True
 
 
 def run_pipeline(cfg: PipelineConfig, opts: PipelineOptions) -> dict[str, Any]:
@@ -72,14 +72,17 @@ def run_pipeline(cfg: PipelineConfig, opts: PipelineOptions) -> dict[str, Any]:
 def _run_locked(cfg: PipelineConfig, opts: PipelineOptions, run: RunDir) -> dict[str, Any]:
     from sepsis_rl.curriculum.visibility import check_run_dir_visible
 
-    _check_resume(run, cfg, opts.resume)
+    existing = _check_resume(run, cfg, opts.resume)
     started = start_ray(cfg, opts.dashboard)
     steps: dict[str, Callable[[PipelineConfig, RunDir, PipelineOptions], tuple[str, dict[str, Any]]]] = {
         "cohort": stage_cohort, "world_model": stage_world_model, "sft": stage_sft, "bc": stage_bc, "rl": stage_rl,
         "final": stage_final,
     }
     try:
-        check_run_dir_visible(run.location)
+        check_run_dir_visible(run.location)  # before anything is written
+        if not existing:
+            dump_config(cfg, run.path("config.yaml"))
+            run.publish_file("config.yaml")
         for name in opts.stages:
             if run.done(name):
                 log.info("stage %s: already done (%s)", name, run.output(name))
