@@ -162,12 +162,21 @@ def local_copy(location: str) -> str:
     (committed folders never change, so one download per node serves every later reader)."""
     if not is_uri(location):
         return str(local_path(location))
-    from sepsis_rl.checkpoint import atomic_dir
-
     out = cache_root() / hashlib.sha256(location.encode()).hexdigest()[:24]
-    if not out.exists():
-        with atomic_dir(out) as tmp:
-            download_dir(location, tmp)
+    if out.exists():
+        return str(out)
+    if not exists(location):
+        raise FileNotFoundError(f"{location} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        download_dir(location, tmp)
+        os.rename(tmp, out)  # two actors of one node downloading at once: the first rename wins
+    except OSError:
+        if not out.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 

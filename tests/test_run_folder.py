@@ -206,3 +206,9 @@ def test_rng_state_round_trips_through_the_safe_loader():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     learner_state.set_rng_state(s)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_local_copy_of_a_missing_uri_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEPSIS_RL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="nothing-here does not exist"):
+        storage.local_copy(f"file://{tmp_path}/nothing-here")
