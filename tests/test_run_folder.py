@@ -114,16 +114,22 @@ def test_second_run_is_refused_while_the_first_lives_and_a_dead_holder_is_taken_
 
 def test_second_pipeline_on_the_same_folder_exits_2_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    p = _holder(run, tmp_path / "ready")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "sepsis_rl.cli", "pipeline", "--preset", "tiny", "--out", str(run), "--no-dashboard"]
+    first = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
+        deadline = time.time() + 120
+        while not ((run / ".lock").is_file() and (run / ".lock").read_text()):  # the first run holds the folder
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.2)
         for extra in ([], ["--resume"]):
-            cmd = [sys.executable, "-m", "sepsis_rl.cli", "pipeline", "--preset", "tiny", "--out", str(run), "--no-dashboard", *extra]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-            assert r.returncode == 2 and f"PID {p.pid}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert not (run / "config.yaml").exists()  # the refused run wrote nothing
+            r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120, env=env)
+            assert r.returncode == 2 and f"(PID {first.pid} on host {socket.gethostname()})" in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert first.poll() is None  # the first run was not disturbed
     finally:
-        p.kill()
-        p.wait()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
 
 
 # ---------------------------------------------------------------------------------- checkpoints
