@@ -15,11 +15,14 @@ from sepsis_rl.cohort.cli import register as register_cohort
 from sepsis_rl.cohort.store import CohortFormatError
 from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.curriculum.config import ConfigError
+from sepsis_rl.curriculum.run_lock import RunLockedError
+from sepsis_rl.curriculum.visibility import RunDirNotSharedError
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
+    RunLockedError, RunDirNotSharedError,
 )
 
 Registrar = Callable[[argparse._SubParsersAction], None]

@@ -14,7 +14,6 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -41,7 +40,9 @@ def load_model(model_dir: str) -> Any:
     """Model factory shipped to shards (loads the checkpoint inside the actor, never pickles weights)."""
     from world_model.checkpoint import load_world_model
 
-    return load_world_model(model_dir)
+    from sepsis_rl import storage
+
+    return load_world_model(storage.local_copy(model_dir))  # a URI: downloaded once per node
 
 
 def in_memory_model(model: Any) -> Any:
@@ -76,7 +77,9 @@ class SimulatorPool:
         if model_factory is None:
             if model_dir is None:
                 raise ValueError("SimulatorPool needs model_dir or model_factory")
-            if not (Path(model_dir) / "config.json").is_file():
+            from sepsis_rl import storage
+
+            if not storage.exists(storage.join(str(model_dir), "config.json")):
                 raise FileNotFoundError(f"{model_dir} is not a world-model folder (no config.json)")
             model_factory = functools.partial(load_model, str(model_dir))
         self.config = config

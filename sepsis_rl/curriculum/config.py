@@ -86,6 +86,7 @@ class RLStage:
     eval_every: int = 1
     eval_temperature: float = 0.0  # greedy: the held-out return then moves only when the policy does
     checkpoint_every: int = 2
+    keep_checkpoints: int = 2  # the last K checkpoints stay: a corrupt newest one falls back to the previous
     mismatch_samples: int = 4  # segments whose log-probs are compared learner vs engine after each sync
 
 
@@ -151,6 +152,8 @@ class PipelineConfig:
             raise ConfigError(f"rl.endings must be expected or sample, got {self.rl.endings!r}")
         if self.rollout.engine not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
+        if self.bc.target not in ("simulation", "clinician"):
+            raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {self.bc.target!r}")
         if self.evaluate.llm_patients < 2 or self.evaluate.bootstrap < 1 or self.evaluate.patients < 0:
             raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients >= 0")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":

@@ -45,7 +45,7 @@ class Sources:
         if not (agent / "agent.yaml").is_file():
             raise CohortInputError(f"{run}: no agent/agent.yaml (is this a finished pipeline run folder?)")
         spec = yaml.safe_load((agent / "agent.yaml").read_text())
-        cohort = _resolve(spec.get("cohort"), agent, run / "cohort")
+        cohort = _resolve(spec.get("cohort") or _state_output(run, "cohort"), agent, run / "cohort")
         config = spec.get("config", {})
         return cls(cohort=str(cohort), world_model=str(_resolve(spec.get("world_model"), agent, agent / "world_model")),
                    run_dir=str(run), agent_model=str(_resolve(spec.get("model"), agent, agent / "model")),
@@ -63,6 +63,17 @@ def _resolve(value: Any, base: Path, fallback: Path) -> Path:
     if fallback.exists():
         return fallback
     raise CohortInputError(f"{base}: agent.yaml points to {value!r}, which does not exist, and {fallback} is missing")
+
+
+def _state_output(run: Path, stage: str) -> str | None:
+    """A stage's output recorded in the run's state.json (relative to the run folder, or absolute)."""
+    import json
+
+    try:
+        out = json.loads((run / "state.json").read_text())["stages"][stage]["output"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return out if Path(out).is_absolute() else str(run / out)
 
 
 def _existing(p: Path) -> str | None:
