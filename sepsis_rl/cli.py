@@ -15,11 +15,14 @@ from sepsis_rl.cohort.cli import register as register_cohort
 from sepsis_rl.cohort.store import CohortFormatError
 from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.curriculum.config import ConfigError
+from sepsis_rl.curriculum.run_lock import RunLockedError
+from sepsis_rl.curriculum.visibility import RunDirNotSharedError
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
+    RunLockedError, RunDirNotSharedError,
 )
 
 Registrar = Callable[[argparse._SubParsersAction], None]
@@ -27,12 +30,13 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from sepsis_rl.curriculum.cli import register as register_curriculum
+    from sepsis_rl.eval.cli import register as register_evaluate
     from sepsis_rl.rollout.cli import register as register_rollout
     from serve.cli import register as register_serve
     from world_model.cli import register as register_world_model
 
     return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum,
-            register_serve]
+            register_evaluate, register_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
