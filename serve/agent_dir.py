@@ -114,13 +114,13 @@ def load_agent_dir(path: str | Path) -> AgentDir:
 
 def _medians(root: Path, meta: dict, spec: CohortSpec, wm_config: dict) -> tuple[np.ndarray, str]:
     names = spec.feature_names
-    file = root / MEDIANS_FILE
+    file = _resolve(root, meta.get("feature_medians", MEDIANS_FILE), "feature_medians")
     if file.is_file():
         data = json.loads(file.read_text())
         missing = [n for n in names if n not in data]
         if missing:
             raise AgentDirError(f"{file}: no median for feature {missing[0]!r}")
-        return np.array([float(data[n]) for n in names]), MEDIANS_FILE
+        return np.array([float(data[n]) for n in names]), file.name
     if meta.get("cohort"):
         med = _cohort_medians(_resolve(root, meta["cohort"], "cohort"), spec)
         if med is not None and np.isfinite(med).all():

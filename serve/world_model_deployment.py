@@ -58,7 +58,9 @@ class WorldModelService:
             cands = np.concatenate([np.asarray(calls[i].candidates, dtype=np.int64) for i in members])
             ids = np.arange(len(hist))
             sim = WorldModelSimulator(self.model, self.config)
-            sim.reset(ids, hist)
+            # decisions since admission of each newest state (the world model's time input): the
+            # history is taken to start at admission, as the agent's observation counts it
+            sim.reset(ids, hist, start_steps=np.array([len(h) - 1 for i in members for h in calls[i].histories]))
             result = sim.simulate(ids, cands, horizon)
             start = 0
             for i in members:
