@@ -35,6 +35,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def agent_dir(tiny_world, tiny_model_dir, tmp_path_factory) -> Path:
     """RUN/agent as the pipeline's final stage writes it: model/, world_model/, agent.yaml (relative paths)."""
+    from sepsis_rl.curriculum.pipeline import _feature_medians  # what stage_final writes
     from world_model.checkpoint import save_world_model
 
     cohort, model = tiny_world
@@ -42,8 +43,9 @@ def agent_dir(tiny_world, tiny_model_dir, tmp_path_factory) -> Path:
     out.mkdir()
     shutil.copytree(tiny_model_dir, out / "model")
     save_world_model(model, out / "world_model")
+    (out / "feature_medians.json").write_text(json.dumps(_feature_medians(cohort)))
     (out / "agent.yaml").write_text(yaml.safe_dump({
-        "model": "model", "world_model": "world_model", "cohort": os.path.relpath(cohort, out),
+        "model": "model", "world_model": "world_model", "feature_medians": "feature_medians.json",
         "agent": {"k": 3, "horizon": 2, "temperature": 0.0}, "run_id": "test-run"}))
     return out
 
@@ -124,7 +126,7 @@ def test_health_models_schema(server, tiny_world):
     assert len(schema["actions"]) == 25
     assert schema["actions"][7] == {"index": 7, "fluid_bin": 1, "vaso_bin": 2,
                                     "fluid_ml_4h": spec.fluid.representative[1], "vaso_mcg_kg_min": spec.vaso.representative[2]}
-    assert schema["imputation"]["medians"] == "cohort train split"
+    assert schema["imputation"]["medians"] == "feature_medians.json"
 
 
 @pytest.mark.slow
