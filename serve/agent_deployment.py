@@ -117,9 +117,10 @@ class AgentService:
                     "uncertainty": float(sim.uncertainty[row, k]),
                     "predicted": {"MeanBP": _last(sim.map[row, k]), "Arterial_lactate": _last(sim.lactate[row, k]),
                                   "SOFA": _last(sim.sofa[row, k])}}
-            ret = getattr(sim, "expected_return", None)
-            if ret is not None:
-                cand["expected_return"] = float(np.asarray(ret)[row, k])
+            for field, attr in (("expected_return", "expected_return"), ("discharge_risk", "risk_of_discharge")):
+                value = getattr(sim, attr, None)  # present in world models' results since the expected-return tool
+                if value is not None:
+                    cand[field] = float(np.asarray(value)[row, k])
             cand.pop("fluid_ml_4h"), cand.pop("vaso_mcg_kg_min")
             candidates.append(cand)
         reasoning = "\n".join(t for t in (x.strip() for x in (d["proposal_text"], d["tool_output"], d["prescription_text"])) if t)

@@ -76,7 +76,8 @@ class Candidate(BaseModel):
     predicted: Predicted  # at the end of the horizon
     death_risk: float
     uncertainty: float
-    expected_return: float | None = None
+    expected_return: float | None = None  # expected cohort reward over the horizon (what RL optimises)
+    discharge_risk: float | None = None
 
 
 class ModelIds(BaseModel):

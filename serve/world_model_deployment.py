@@ -80,10 +80,10 @@ def trajectory_summary(result: Any, actions: list[int], spec_names: list[str]) -
                            "SOFA": _path(result.sofa[0, k])},
             "death_risk": float(result.risk_of_death[0, k]), "uncertainty": float(result.uncertainty[0, k]),
         }
-        for extra in ("expected_return", "discharge_risk", "risk_of_discharge"):
-            value = getattr(result, extra, None)
+        for field, attr in (("expected_return", "expected_return"), ("discharge_risk", "risk_of_discharge")):
+            value = getattr(result, attr, None)
             if value is not None:
-                row[extra] = float(np.asarray(value)[0, k])
+                row[field] = float(np.asarray(value)[0, k])
         rows.append(row)
     return rows
 
