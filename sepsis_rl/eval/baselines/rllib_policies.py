@@ -137,6 +137,17 @@ def _algo_config(name: Algo, parquet: Path, obs_dim: int, cfg: RLlibConfig) -> A
     return conf
 
 
+def _close_data_iterators(algo: Any) -> None:
+    """Stop the learner's Ray Data epoch iterator (its streaming executor thread outlives ``algo.stop()`` in RLlib
+    2.60; a later ``ray.shutdown()`` under that thread ends the process). Private attributes of the pinned RLlib."""
+    learner = getattr(algo.learner_group, "_learner", None)
+    epoch_iter = getattr(getattr(learner, "iterator", None), "_epoch_iterator", None)
+    if hasattr(epoch_iter, "close"):
+        epoch_iter.close()
+    if learner is not None:
+        learner.iterator = None
+
+
 def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig | None = None,
                 selector: Selector | None = None) -> RLModulePolicy:
     """Train RLlib's ``bc`` or ``marwil`` on ``train`` (via Parquet + Ray Data); keep the best-on-``val`` module."""
@@ -149,8 +160,8 @@ def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig
     enc = StateEncoder.fit(train)
     tmp = Path(tempfile.mkdtemp(prefix=f"sepsis_rl_{name}_"))
     if not ray.is_initialized():
-        # Kept running for the rest of the process: Ray Data's iterator threads outlive algo.stop(), and a Ray
-        # shut down under them ends the process ("core worker has already been shutdown") at the next use.
+        # Kept running for the rest of the process: later calls reuse it, and a Ray shut down under any data
+        # thread still running ends the process ("core worker has already been shutdown"). Caller owns shutdown.
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     old_v2 = getattr(ctx, "use_datasource_v2", None)
@@ -175,6 +186,7 @@ def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig
         module.set_state(log.best_state)  # type: ignore[arg-type]
     finally:
         if algo is not None:
+            _close_data_iterators(algo)
             algo.stop()
             del algo
             gc.collect()
