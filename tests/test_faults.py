@@ -38,9 +38,9 @@ def world_model_dir(tiny_world, tmp_path_factory):
 
 def _rollout_args(tiny_world, tiny_model_dir, world_model_dir, out):
     return argparse.Namespace(
-        model=tiny_model_dir, world_model=world_model_dir, cohort=tiny_world[0], split="test", episodes=8, workers=2,
+        model=tiny_model_dir, world_model=world_model_dir, cohort=tiny_world[0], split="test", episodes=4, workers=2,
         shards=1, engine="transformers", k=2, horizon=2, no_simulator=False, temperature=1.0, max_steps=2, seed=3,
-        batch_episodes=2, out=str(out))
+        batch_episodes=1, out=str(out), proposal_tokens=10, prescription_tokens=6)
 
 
 def _essence(table):
@@ -58,16 +58,16 @@ def test_rollout_survives_a_killed_worker(ray_cluster, tiny_world, tiny_model_di
     killed: list[int] = []
 
     def kill_after_first_batch(workers: WorkerSet, k: int) -> None:
-        # worker 1 has finished one of its two batches: kill it while its second batch is unfinished
+        # jobs 2, 3 are worker 1's two batches: kill it once the first is done, the second unfinished
         if not killed and k == 2:
             killed.append(k)
             ray.kill(workers.handles[1], no_restart=True)
 
     survived = run_rollout(args, on_result=kill_after_first_batch)
     assert killed, "the fault was never injected"
-    assert survived.num_rows == undisturbed.num_rows == 8
+    assert survived.num_rows == undisturbed.num_rows == 4
     assert _essence(survived) == _essence(undisturbed)
-    assert len(set(survived.column("episode_id").to_pylist())) == 8
+    assert len(set(survived.column("episode_id").to_pylist())) == 4
 
 
 def test_restarted_worker_is_prepared_and_ids_never_repeat(ray_cluster, tiny_world, tiny_model_dir):
@@ -83,19 +83,19 @@ def test_restarted_worker_is_prepared_and_ids_never_repeat(ray_cluster, tiny_wor
     make = lambda i: RolloutWorker.options(num_cpus=1).remote(i, cfg, pool)  # noqa: E731
     workers = WorkerSet(make, 2, prepare=lambda h: prepared.append(ray.get(h.ping.remote(), timeout=60)))
     try:
-        jobs0 = rl_jobs(n_workers=2, groups=2, group_size=2, seed=5, iteration=0, batch=2)
+        jobs0 = rl_jobs(n_workers=2, groups=4, group_size=2, seed=5, iteration=0, batch=2)  # 2 batches per worker
         first = workers.run(jobs0, on_result=lambda ws, k: ray.kill(ws.handles[0], no_restart=True) if k == 0 and not prepared else None)
         assert prepared == [0] and workers.restarts == 1
         # a resumed run starts fresh workers (their counters at 0): ids come from the iteration, not a counter
         fresh = WorkerSet(make, 2)
-        later = fresh.run(rl_jobs(n_workers=2, groups=2, group_size=2, seed=5, iteration=1, batch=2))
+        later = fresh.run(rl_jobs(n_workers=2, groups=4, group_size=2, seed=5, iteration=1, batch=2))
         fresh.kill_all()
     finally:
         workers.kill_all()
         pool.shutdown()
     ids0 = [i for t in first for i in t.column("episode_id").to_pylist()]
     ids1 = [i for t in later for i in t.column("episode_id").to_pylist()]
-    assert len(ids0) == len(ids1) == 4 and not set(ids0) & set(ids1)
+    assert len(ids0) == len(ids1) == 8 and not set(ids0) & set(ids1)
     assert {i // EPISODE_ID_STRIDE for i in ids0} == {0, 1}  # one group per worker slot
 
 
@@ -130,3 +130,56 @@ def test_simulate_survives_a_shard_killed_mid_call(ray_cluster, tiny_world):
     a, b = results
     for field, value in a.__dict__.items():
         np.testing.assert_allclose(getattr(b, field), value, rtol=1e-4, atol=1e-3, err_msg=field)
+
+
+def test_learner_rank_killed_mid_update_fails_fast_and_resumes_to_the_same_step(ray_cluster, tiny_model_dir, tmp_path):
+    """Kill rank 1 of 2 during ``train``: the group fails at once (not at the timeout), and a group restored from
+    the last checkpoint repeats the update exactly as the undisturbed run did."""
+    from sepsis_rl.learner.batch import Sample
+    from sepsis_rl.learner.config import LearnerConfig
+    from sepsis_rl.learner.group import LearnerFailure, LearnerGroup
+
+    def samples(seed):
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(8):
+            n = int(rng.integers(12, 20))
+            out.append(Sample(rng.integers(0, 2000, n).tolist(), [0] * 6 + [1] * (n - 6),
+                              [0.0] * 6 + (-rng.random(n - 6) - 5).tolist(), advantage=float(rng.normal())))
+        return out
+
+    cfg = LearnerConfig(model_path=tiny_model_dir, algorithm="sft", zero_stage=1, lr=5e-3, micro_batch=2,
+                        cpus_per_worker=0.5, threads=1, num_workers=2)
+    group = LearnerGroup(cfg, timeout_s=300)
+    try:
+        group.train(samples(1), "sft")
+        group.save(str(tmp_path / "ckpt"), {"iteration": 1})
+        expected = group.train(samples(2), "sft")["losses"]  # the undisturbed next update
+        box: dict = {}
+
+        def update():
+            try:
+                group.train(samples(2), "sft")
+            except Exception as e:  # noqa: BLE001
+                box["error"] = e
+
+        t = threading.Thread(target=update)
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        ray.kill(group.workers[1], no_restart=True)
+        t.join(timeout=120)
+        assert isinstance(box.get("error"), LearnerFailure) and "rank 1" in str(box["error"])
+        assert time.monotonic() - t0 < 60  # not the 300 s timeout
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        for w in group.workers:
+            ray.kill(w, no_restart=True)
+        remove_placement_group(group.pg)
+    restored = LearnerGroup(cfg, timeout_s=300)
+    try:
+        assert restored.load(str(tmp_path / "ckpt"))["iteration"] == 1
+        assert restored.train(samples(2), "sft")["losses"] == pytest.approx(expected, rel=1e-5)
+    finally:
+        restored.shutdown()

@@ -40,8 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from sepsis_rl.cohort.synth import synthesize_cohort
 
-    if args.patients < 1:
-        raise CohortInputError(f"--patients must be >= 1, got {args.patients}")
+    from sepsis_rl.errors import check_writable
+
+    if args.patients < 3:
+        raise CohortInputError(f"--patients must be >= 3 (every split needs a patient), got {args.patients}")
+    check_writable(args.out, "cohort folder")
     t0 = time.perf_counter()
     out = synthesize_cohort(args.out, args.patients, args.seed, overwrite=args.overwrite)
     print(f"wrote synthetic cohort of {args.patients} patients to {out} in {time.perf_counter() - t0:.1f}s")
@@ -53,7 +56,9 @@ def _import(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     from sepsis_rl.cohort.store import read_spec
+    from sepsis_rl.errors import check_writable
 
+    check_writable(args.out, "cohort folder")
     out = import_cohort(args.format, args.input, args.out, args.spec, seed=args.seed, overwrite=args.overwrite,
                         clip_implausible=args.clip_implausible)
     print(f"imported {args.input} ({args.format}) into {out} in {time.perf_counter() - t0:.1f}s")

@@ -33,13 +33,28 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON record ({"stages": {}} when absent); a truncated or edited one is a user error."""
+    from sepsis_rl.errors import UserError
+
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: truncated or corrupt JSON ({e}); restore it or start a new run folder") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise UserError(f"{path}: not a run-folder record (no 'stages' mapping)")
+    return data
+
+
 class RunDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file, self.summary_file = self.root / "state.json", self.root / "summary.json"
-        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
-        self.summary: dict[str, Any] = json.loads(self.summary_file.read_text()) if self.summary_file.exists() else {"stages": {}}
+        self.state: dict[str, Any] = _read_json(self.state_file)
+        self.summary: dict[str, Any] = _read_json(self.summary_file)
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
