@@ -16,7 +16,7 @@ import ray
 from sepsis_rl.rollout.psr import AgentConfig
 from sepsis_rl.rollout.resilient import Job, WorkerSet
 from sepsis_rl.rollout.starts import StartStates
-from sepsis_rl.rollout.worker import EPISODE_ID_STRIDE, RolloutWorker, WorkerConfig
+from sepsis_rl.rollout.worker import EPISODE_ID_STRIDE, ITERATION_ID_STRIDE, RolloutWorker, WorkerConfig
 from world_model.pool import PoolConfig, SimulatorPool, in_memory_model
 from world_model.simulation import SimulationConfig
 
@@ -86,17 +86,16 @@ def test_restarted_worker_is_prepared_and_ids_never_repeat(ray_cluster, tiny_wor
         jobs0 = rl_jobs(n_workers=2, groups=4, group_size=2, seed=5, iteration=0, batch=2)  # 2 batches per worker
         first = workers.run(jobs0, on_result=lambda ws, k: ray.kill(ws.handles[0], no_restart=True) if k == 0 and not prepared else None)
         assert prepared == [0] and workers.restarts == 1
-        # a resumed run starts fresh workers (their counters at 0): ids come from the iteration, not a counter
-        fresh = WorkerSet(make, 2)
-        later = fresh.run(rl_jobs(n_workers=2, groups=4, group_size=2, seed=5, iteration=1, batch=2))
-        fresh.kill_all()
+        # worker 0 is now a fresh process, like every worker of a resumed run: its ids must still move on
+        later = workers.run(rl_jobs(n_workers=2, groups=4, group_size=2, seed=5, iteration=1, batch=2))
     finally:
         workers.kill_all()
         pool.shutdown()
     ids0 = [i for t in first for i in t.column("episode_id").to_pylist()]
     ids1 = [i for t in later for i in t.column("episode_id").to_pylist()]
     assert len(ids0) == len(ids1) == 8 and not set(ids0) & set(ids1)
-    assert {i // EPISODE_ID_STRIDE for i in ids0} == {0, 1}  # one group per worker slot
+    for it, ids in ((0, ids0), (1, ids1)):  # (worker, iteration, index), whatever process played them
+        assert ids == [w * EPISODE_ID_STRIDE + it * ITERATION_ID_STRIDE + i for w in (0, 1) for i in range(4)]
 
 
 def test_simulate_survives_a_shard_killed_mid_call(ray_cluster, tiny_world):
