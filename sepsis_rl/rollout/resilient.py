@@ -37,7 +37,10 @@ class Job:
 
 
 class WorkerSet:
-    """``n`` rollout workers (Ray actors) made by ``make(slot)``; ``prepare(handle)`` readies a restarted one."""
+    """``n`` rollout workers (Ray actors) made by ``make(slot)``; ``prepare(handle)`` readies a restarted one.
+
+    ``max_restarts``: worker restarts allowed within one ``run`` call before it gives up.
+    """
 
     def __init__(self, make: Callable[[int], Any], n: int, prepare: Callable[[Any], None] | None = None,
                  max_restarts: int = 3, timeout_s: float = 3600.0):
@@ -59,6 +62,7 @@ class WorkerSet:
         ``on_result(self, k)`` is called when job ``k`` has finished (fault-injection tests kill workers there).
         """
         results: list[Any] = [None] * len(jobs)
+        self.restarts = 0  # the restart budget is per call (e.g. per RL iteration), not per run
         pending: dict[Any, tuple[int, Any]] = {}  # ref -> (job index, handle it went to)
         for k, job in enumerate(jobs):
             pending[self._submit(job)] = (k, self.handles[job.slot])
