@@ -53,8 +53,17 @@ class WorkerSet:
         return len(self.handles)
 
     def check_ready(self, timeout_s: float = 600.0) -> None:
-        """Wait until every worker is constructed; a construction error is raised as itself."""
-        _get([h.ping.remote() for h in self.handles], timeout_s)
+        """Wait until every worker is constructed (a worker killed meanwhile is replaced); a construction
+        error is raised as itself."""
+        self.restarts = 0
+        refs = [h.ping.remote() for h in self.handles]
+        for slot, (handle, ref) in enumerate(zip(list(self.handles), refs)):
+            try:
+                _get([ref], timeout_s)
+            except RayActorError as e:
+                if getattr(e, "actor_init_failed", False):
+                    raise
+                self._replace(slot, handle, e)
 
     def run(self, jobs: list[Job], on_result: Callable[["WorkerSet", int], None] | None = None) -> list[Any]:
         """Results of ``jobs`` in order; a job whose worker died is re-run on the slot's restarted worker.
@@ -88,23 +97,31 @@ class WorkerSet:
         return getattr(self.handles[job.slot], job.method).remote(*job.args, **job.kwargs)
 
     def _replace(self, slot: int, dead: Any, cause: BaseException) -> None:
-        """A fresh worker for ``slot`` unless one already replaced ``dead`` (its other jobs fail too)."""
+        """A fresh, prepared worker for ``slot`` unless one already replaced ``dead`` (its other jobs fail too)."""
         if self.handles[slot] is not dead:
             return
-        if self.restarts >= self.max_restarts:
-            raise RolloutFailure(f"rollout workers died {self.restarts + 1} times; last: {type(cause).__name__}")
-        self.restarts += 1
-        log.warning("rollout worker %d died (%s): restarting it and re-running its unfinished episodes",
-                    slot, type(cause).__name__)
-        try:
-            ray.kill(dead, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        fresh = self.make(slot)
-        _get([fresh.ping.remote()], 600.0)
-        if self.prepare is not None:
-            self.prepare(fresh)
-        self.handles[slot] = fresh
+        while True:
+            if self.restarts >= self.max_restarts:
+                raise RolloutFailure(f"rollout workers died {self.restarts + 1} times; last: {type(cause).__name__}")
+            self.restarts += 1
+            log.warning("rollout worker %d died (%s): restarting it and re-running its unfinished episodes",
+                        slot, type(cause).__name__)
+            try:
+                ray.kill(dead, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            fresh = self.make(slot)
+            try:
+                _get([fresh.ping.remote()], 600.0)
+                if self.prepare is not None:
+                    self.prepare(fresh)
+            except RayActorError as e:  # the replacement died too: try again within the budget
+                if getattr(e, "actor_init_failed", False):
+                    raise
+                dead, cause = fresh, e
+                continue
+            self.handles[slot] = fresh
+            return
 
     def kill_all(self) -> None:
         for h in self.handles:
