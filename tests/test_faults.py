@@ -102,30 +102,34 @@ def test_simulate_survives_a_shard_killed_mid_call(ray_cluster, tiny_world):
     """A shard dies while a ``simulate`` call is in flight: the pool restarts it, replays, and answers the same."""
     cohort, model = tiny_world
     starts = StartStates.from_cohort(cohort, "test")
-    ids = np.arange(200, 206)
-    cands = np.tile(np.arange(0, 25, 3)[None, :], (6, 1))
+    n = 20  # 10 patients x 25 candidates x 6 steps per shard: the call lasts long enough to be killed inside
+    ids = np.arange(200, 200 + n)
+    cands = np.tile(np.arange(25)[None, :], (n, 1))
 
     def simulate(pool, kill: bool):
-        pool.reset(ids, starts.states[:6])
-        pool.step(ids, np.arange(6) % 25)
+        pool.reset(ids, starts.states[:n])
+        pool.step(ids, np.arange(n) % 25)
         if not kill:
             return pool.simulate(ids, cands, horizon=6)
         box = {}
         t = threading.Thread(target=lambda: box.update(res=pool.simulate(ids, cands, horizon=6)))
         t.start()
-        time.sleep(0.05)  # the call is queued or running in both shards
-        ray.kill(pool.shards[1], no_restart=True)
+        time.sleep(0.05)  # the call is running in both shards
+        victim = pool.shards[1]
+        ray.kill(victim, no_restart=True)
         t.join(timeout=120)
+        assert pool.shards[1] is not victim, "the shard died after the call: no replay was exercised"
         return box["res"]
 
-    results = []
-    for kill in (False, True):
-        pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model), sim_config=SimulationConfig(seed=4),
-                             config=PoolConfig(num_shards=2, num_cpus_per_shard=0.25, call_timeout_s=120))
-        try:
-            results.append(simulate(pool, kill))
-        finally:
-            pool.shutdown()
+    from world_model.simulation import WorldModelSimulator
+
+    undisturbed = simulate(WorldModelSimulator(model, SimulationConfig(seed=4)), kill=False)  # in-process reference
+    pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model), sim_config=SimulationConfig(seed=4),
+                         config=PoolConfig(num_shards=2, num_cpus_per_shard=0.25, call_timeout_s=120))
+    try:
+        results = [undisturbed, simulate(pool, kill=True)]
+    finally:
+        pool.shutdown()
     a, b = results
     for field, value in a.__dict__.items():
         np.testing.assert_allclose(getattr(b, field), value, rtol=1e-4, atol=1e-3, err_msg=field)
