@@ -17,12 +17,14 @@ from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.curriculum.config import ConfigError
 from sepsis_rl.curriculum.run_lock import RunLockedError
 from sepsis_rl.curriculum.visibility import RunDirNotSharedError
+from sepsis_rl.errors import UserError, one_line, user_error
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
     RunLockedError, RunDirNotSharedError,
+    UserError, PermissionError, NotADirectoryError, IsADirectoryError,
 )
 
 Registrar = Callable[[argparse._SubParsersAction], None]
@@ -57,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        print(f"sepsis-rl: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # also a user error raised inside a Ray actor: printed as the actor's own line
+        print(f"sepsis-rl: error: {one_line(user_error(e, USER_ERRORS) or e)}", file=sys.stderr)
         return 2
 
 
