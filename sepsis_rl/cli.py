@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from sepsis_rl.cluster_submit import SubmitError
+from sepsis_rl.deploy.submit import SubmitError
 from sepsis_rl.cohort.cli import register as register_cohort
 from sepsis_rl.cohort.store import CohortFormatError
 from sepsis_rl.cohort.validation import CohortInputError
@@ -28,7 +28,7 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from sepsis_rl.cluster_submit import register as register_submit
+    from sepsis_rl.deploy.submit import register as register_submit
     from sepsis_rl.curriculum.cli import register as register_curriculum
     from sepsis_rl.rollout.cli import register as register_rollout
     from world_model.cli import register as register_world_model

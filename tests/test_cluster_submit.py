@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sepsis_rl.cli import main
-from sepsis_rl.cluster_submit import (
+from sepsis_rl.deploy.submit import (
     SubmitError, SubmitRequest, check_entrypoint, default_entrypoint, entrypoint_commands, job_url, load_runtime_env,
 )
 
