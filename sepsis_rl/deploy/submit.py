@@ -43,7 +43,7 @@ class SubmitRequest:
     runtime_env_file: Path
     run_id: str
     entrypoint_num_gpus: float = 0.0
-    entrypoint_num_cpus: float = 1.0
+    entrypoint_num_cpus: float = 0.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,7 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime-env", default="cluster/runtime_env.yaml", help="runtime env YAML")
     p.add_argument("--run-id", help=f"job submission id and metrics run_id tag (default: generated); sets ${RUN_ID_ENV}")
     p.add_argument("--entrypoint-num-gpus", type=float, default=0.0, help="GPUs reserved for the driver (default 0)")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=1.0, help="CPUs reserved for the driver (default 1)")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=0.0,
+                   help="CPUs reserved for the driver (default 0: it runs on the head, heavy work goes to actors)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the job")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish; exit 0 only if it SUCCEEDED")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default 1 day)")
