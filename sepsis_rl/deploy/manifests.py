@@ -506,8 +506,9 @@ def _serve_gpu_errors(doc: Doc) -> list[str]:
     out = []
     for i, app in enumerate(serve_config(doc).get("applications") or []):
         args = app.get("args") or {}
-        if args.get("engine") == "vllm" and gpus < int(args.get("replicas", 1)):
-            out.append(doc.err(f"{base}.workerGroupSpecs", f"application {i} runs {args.get('replicas', 1)} vLLM "
+        most = max(int(args.get("replicas", 1)), int(args.get("max_replicas", 1)))
+        if args.get("engine") == "vllm" and gpus < most:
+            out.append(doc.err(f"{base}.workerGroupSpecs", f"application {i} runs up to {most} vLLM "
                                f"replicas but the cluster has {gpus:g} GPUs at maxReplicas"))
     return out
 
