@@ -106,7 +106,7 @@ def _wait_dashboard(url: str, token: str, proc: subprocess.Popen, timeout_s: flo
     raise TimeoutError(f"dashboard at {url} not up after {timeout_s}s")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_head():
     """A private single-node Ray cluster with token auth; only this fixture's processes are stopped."""
     token = secrets.token_hex(32)
@@ -160,3 +160,14 @@ def test_submit_runs_a_job_on_a_local_cluster(local_head, tmp_path):
     assert "job test-submit-1: SUCCEEDED" in res.stdout
     assert (out / "cohort" / "cohort.json").is_file()
     print(f"submit -> SUCCEEDED in {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.slow
+def test_resubmitting_a_run_id_is_a_one_line_error(local_head, monkeypatch, capsys):
+    url, token = local_head
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    args = ["submit", "--address", url, "--entrypoint", "sepsis-rl cohort describe /nonexistent", "--working-dir",
+            str(ROOT / "cluster"), "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--run-id", "dup-1"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "sepsis-rl: error: the cluster refused the job: " in capsys.readouterr().err

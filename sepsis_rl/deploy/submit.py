@@ -135,10 +135,13 @@ def new_run_id(prefix: str = "sepsis-rl") -> str:
 
 
 def _client(address: str) -> Any:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(http_address(address))
+    except AuthenticationError as e:
+        raise SubmitError(f"the Ray cluster at {address} refused the token: {str(e).splitlines()[0]}") from None
     except (ConnectionError, RuntimeError) as e:
         raise SubmitError(f"cannot reach the Ray dashboard at {address}: {str(e).splitlines()[0]}") from None
 
@@ -149,11 +152,14 @@ def submit(req: SubmitRequest) -> tuple[Any, str]:
     runtime_env = load_runtime_env(req)
     enable_token_auth()
     client = _client(req.address)
-    job_id = client.submit_job(
-        entrypoint=req.entrypoint, submission_id=req.run_id, runtime_env=runtime_env,
-        entrypoint_num_gpus=req.entrypoint_num_gpus or None, entrypoint_num_cpus=req.entrypoint_num_cpus,
-        metadata={"project": "sepsis-rl", "run_id": req.run_id},
-    )
+    try:
+        job_id = client.submit_job(
+            entrypoint=req.entrypoint, submission_id=req.run_id, runtime_env=runtime_env,
+            entrypoint_num_gpus=req.entrypoint_num_gpus or None, entrypoint_num_cpus=req.entrypoint_num_cpus or None,
+            metadata={"project": "sepsis-rl", "run_id": req.run_id},
+        )
+    except RuntimeError as e:  # e.g. the submission id exists, or the runtime env is refused
+        raise SubmitError(f"the cluster refused the job: {' '.join(str(e).split())[:400]}") from None
     return client, job_id
 
 
