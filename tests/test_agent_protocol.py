@@ -99,8 +99,10 @@ def test_observation_and_tool_rendering():
     assert "Hour 8" in text and "MAP 58 mmHg (-4)" in text and "Lactate 4.2 mmol/L (+0.0)" in text
     assert "F2V1 (fluid 250-500 mL/4h, vasopressor 0-0.08 mcg/kg/min" in text and "71 y" in text
     tool = render_simulation([11, 0], np.array([[60, 66.4]] * 2), np.array([[4, 3.04]] * 2), np.array([[9, 8]] * 2),
-                             np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9))
-    assert "F2V1: MAP 58->66 mmHg, lactate 4.2->3.0 mmol/L, SOFA 9->8, death risk 12%" in tool
+                             np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9), np.array([2.34, -1.0]),
+                             np.array([0.2, 0.05]))
+    assert ("F2V1: outcome +2.3, death risk 12%, discharge 20%, MAP 58->66 mmHg, lactate 4.2->3.0 mmol/L, SOFA 9->8, "
+            "uncertainty 0.20") in tool
     assert "<propose>" in system_prompt(3) and "<propose>" not in system_prompt(3, use_simulator=False)
 
 

@@ -9,7 +9,8 @@ import pytest
 from sepsis_rl.cli import main
 from sepsis_rl.cohort.spec import CohortSpec
 from sepsis_rl.cohort.store import SPLITS, read_cohort, spec_of_file, write_cohort
-from sepsis_rl.cohort.synth import GroundTruth, synthesize_cohort, true_policy_value
+from sepsis_rl.cohort.synth import GroundTruth, synthesize_cohort, true_policy_values
+from sepsis_rl.eval.policies import no_treatment
 
 
 def test_round_trip_and_metadata(tmp_path):
@@ -53,7 +54,7 @@ def test_ground_truth_replays_the_same_patients(tmp_path):
     ids = np.array([3, 7, 42])
     batch = truth.patients(ids)
     np.testing.assert_array_equal(batch.p["age"], truth.admission.p["age"][ids])
-    never = true_policy_value(out, lambda obs, t, prev: np.zeros(len(obs), dtype=int), repeats=3)
+    never = true_policy_values(out, {"none": no_treatment()}, repeats=3)["none"]
     assert len(never.returns) == 3 * len(read_cohort(out).table("test").column("episode_id").unique())
 
 

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 
 def _cmd(out, *extra):
@@ -16,28 +18,40 @@ def _cmd(out, *extra):
 
 
 def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_model_dir):
-    out = tmp_path / "run"
-    ckpt = out / "rl" / "checkpoints" / "latest"
+    """Killed after two RL checkpoints; the run folder is then moved (the original is gone) and its newest
+    checkpoint truncated: --resume continues from the moved folder's previous checkpoint, with a warning."""
+    first = tmp_path / "first"
+    second = first / "rl" / "checkpoints" / "iter-000002"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(_cmd(out), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(_cmd(first), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 400
-        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
+        while not second.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (Ray included)
         proc.wait()
-    assert ckpt.exists(), (tmp_path / "first.log").read_text()[-3000:]
-    state = json.loads((out / "state.json").read_text())
+    assert second.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    state = json.loads((first / "state.json").read_text())
     assert {"cohort", "world_model", "sft", "bc"} <= set(state["stages"]) and "rl" not in state["stages"]
+    assert all(not os.path.isabs(s["output"]) for s in state["stages"].values())
+
+    out = tmp_path / "moved"
+    shutil.copytree(first, out)
+    shutil.rmtree(first)  # a copy that still read the original's models would now fail
+    checkpoints = sorted((out / "rl" / "checkpoints").glob("iter-*"))
+    newest = checkpoints[-1] / "rank0.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
 
     # the same command without --resume refuses to touch the run; with --resume it continues
     refused = subprocess.run(_cmd(out), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     done = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{checkpoints[-1].name} is unusable" in done.stderr and "falling back to the previous one" in done.stderr
 
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     resumed = [e for e in events if e.get("event") == "resumed"]
-    assert len(resumed) == 1 and resumed[0]["iteration"] >= 1
+    assert len(resumed) == 1 and resumed[0]["iteration"] == int(checkpoints[-2].name[5:])
+    assert resumed[0]["checkpoint"] == f"rl/checkpoints/{checkpoints[-2].name}"
     summary = json.loads((out / "summary.json").read_text())
     rl = summary["stages"]["rl"]
     assert [h["iteration"] for h in rl["history"]] == [0, 1, 2, 3]  # no iteration lost or repeated
@@ -49,11 +63,26 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
     assert 0 <= bc["action_accuracy"] <= 1 and 0 <= bc["majority_rate"] <= 1
     cmp = summary["heldout_comparison"]
     assert {"agent", "agent_before_rl", "clinician", "random"} <= set(cmp)
-    for stage in ("cohort", "world_model", "sft", "bc", "rl", "final"):
+    for stage in ("cohort", "world_model", "sft", "bc", "rl", "final", "evaluate"):
         assert summary["stages"][stage]["wall_s"] >= 0
+    assert cmp["value_kind"].startswith("in-model")
+    # the evaluate stage: true values (ground truth) and off-policy estimates of the agent and the references
+    headline = summary["evaluation"]["policies"]
+    assert {"agent", "clinician", "random", "wm_planner_k3"} <= set(headline)
+    for name in ("agent", "clinician"):
+        assert headline[name]["status"] == "ok" and -40 <= headline[name]["true_return"] <= 40
+        assert headline[name]["dr"] is not None
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["policies"]["agent"]["llm"]["decisions"] > 0
+    assert summary["stages"]["evaluate"]["failed"] == []
     agent = out / "agent"
     assert (agent / "model" / "config.json").exists() and (agent / "model" / "model.safetensors").exists()
     assert (agent / "world_model" / "config.json").exists() and (agent / "agent.yaml").exists()
+    meta = yaml.safe_load((agent / "agent.yaml").read_text())  # self-contained: every path inside agent/
+    for key in ("model", "world_model", "cohort_spec", "feature_medians"):
+        assert not os.path.isabs(meta[key]) and (agent / meta[key]).exists()
+    assert json.loads((agent / "cohort.json").read_text()) == json.loads((out / "cohort" / "cohort.json").read_text())
+    assert len(list((out / "rl" / "checkpoints").glob("iter-*"))) == 2  # the last K=2 kept
 
 
 def test_pipeline_config_errors_are_clear(tmp_path):

@@ -86,7 +86,7 @@ def test_two_workers_against_two_shard_pool(tiny_world, tiny_model_dir):
     from world_model.pool import PoolConfig, SimulatorPool, in_memory_model
 
     cohort, model = tiny_world
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model),
                              sim_config=SimulationConfig(seed=0, max_steps=2),

@@ -6,7 +6,9 @@ import pytest
 from sepsis_rl.cohort.behaviour import ClinicianPolicy
 from sepsis_rl.cohort.features import AI_CLINICIAN_FEATURE_NAMES as NAMES
 from sepsis_rl.cohort.simulator import SepsisSimulator
-from sepsis_rl.cohort.synth import rollout_policy, synthesize
+from sepsis_rl.cohort.synth import synthesize
+from sepsis_rl.cohort.truth import play
+from sepsis_rl.eval.policies import SyntheticClinician, no_treatment
 
 N = 4000
 SIM = SepsisSimulator()
@@ -119,21 +121,9 @@ def test_behaviour_probabilities_sum_to_one_and_are_logged():
 
 def test_treatment_matters_for_true_value():
     """The clinician policy beats doing nothing in the ground truth: treatment changes outcomes."""
-    rng = np.random.default_rng(0)
-    start = SIM.sample_patients(3000, rng)
-    policy = ClinicianPolicy(NAMES)
-    style = policy.sample_styles(3000, rng)
-
-    def nothing(obs, t, prev):
-        return np.zeros(len(obs), dtype=int)
-
-    def clinician(obs, t, prev):
-        # vasopressor bin of the previous action; style of the (still active) first len(obs) patients is fine
-        sub = type(style)(style.fluid_bias[: len(obs)], style.map_target[: len(obs)])
-        probs = policy.probs(obs, t, np.where(prev < 0, 0, prev % 5), sub)
-        return probs.argmax(axis=1)
-
-    v_none = rollout_policy(SIM, nothing, start, np.random.default_rng(1))
-    v_clin = rollout_policy(SIM, clinician, start, np.random.default_rng(1))
+    start = SIM.sample_patients(3000, np.random.default_rng(0))
+    ids = np.arange(3000)
+    v_none = play(SIM, no_treatment(), start, ids, seed=1)
+    v_clin = play(SIM, SyntheticClinician(NAMES, 0), start, ids, seed=1)
     assert v_clin.mortality < v_none.mortality - 0.05
-    assert v_clin.mean_return > v_none.mean_return
+    assert v_clin.returns.mean() > v_none.returns.mean()

@@ -33,6 +33,7 @@ class BranchedTransitions:
     cf_action: np.ndarray  # [N] a uniformly drawn different action
     cf_next_state: np.ndarray  # [N, F]
     cf_continues: np.ndarray  # [N]
+    time: np.ndarray  # [N] decisions since admission
 
 
 def dose_in_bin(bins_: np.ndarray, ab: ActionBins, top: float, u: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def simulate_branches(
             out = sim.step(batch, fluid, vaso, branch_rng)
             nexts.append((out, sim.observe(out.batch, branch_rng)))
         (out_f, obs_f), (out_c, obs_c) = nexts
-        rec.append((hist, mask, action, obs_f, ~out_f.done, cf, obs_c, ~out_c.done))
+        rec.append((hist, mask, action, obs_f, ~out_f.done, cf, obs_c, ~out_c.done, np.full(active.size, t)))
         prev_vaso[active] = split_action(action)[1]
         keep = ~out_f.done
         hist = np.concatenate([hist[:, 1:], obs_f[:, None]], axis=1)[keep]

@@ -52,13 +52,16 @@ def evaluate_world_model(model: WorldModel, cohort_dir: str | os.PathLike, confi
     w = make_windows(cohort.table(config.split), cohort.spec, model.window)
     if not w.has_next.any():
         raise CohortInputError(f"{cohort_dir}: split {config.split!r} has no transitions to evaluate")
-    pred = model.predict(w.history(), w.action, mask=w.mask)
+    pred = model.predict(w.history(), w.action, mask=w.mask, time=w.step)
     out: dict = {"split": config.split, "rows": len(w), "episodes": int((~w.has_next).sum())}
     out.update(one_step(model, w, pred))
     out.update(outcomes(w, pred, config.ece_bins))
     out.update(open_loop(model, w, config.horizons))
     if config.counterfactual:
         out.update(counterfactual(model, cohort_dir, cohort.spec, config, n_default=out["episodes"]))
+        from world_model.action_ranking import action_ranking
+
+        out.update(action_ranking(model, cohort_dir, seed=config.seed))
     out["model"] = {"arch": model.config.arch, "members": model.config.members, "window": model.window}
     return out
 
@@ -119,7 +122,7 @@ def open_loop(model: WorldModel, w: Windows, horizons: int) -> dict:
     for h in range(1, horizons + 1):
         if len(cur) == 0:
             break
-        mean = model.predict(hist, w.action[cur], mask=mask)["mean"]
+        mean = model.predict(hist, w.action[cur], mask=mask, time=w.step[cur])["mean"]
         nxt = w.next_idx[cur]
         y = _z(model, w.x[nxt])
         mae[str(h)] = M.mae(_z(model, mean), y)
@@ -141,8 +144,8 @@ def counterfactual(model: WorldModel, cohort_dir, spec, config: EvalConfig, n_de
         return {"counterfactual_state_mae": None, "counterfactual_note": str(e)}
     n = config.cf_patients or min(max(n_default, 1), 2000)
     b = simulate_branches(truth.simulator, spec, n, model.window, seed=config.seed + 1_000_003)
-    fact = model.predict(b.history, b.action, mask=b.mask)["mean"]
-    cf = model.predict(b.history, b.cf_action, mask=b.mask)["mean"]
+    fact = model.predict(b.history, b.action, mask=b.mask, time=b.time)["mean"]
+    cf = model.predict(b.history, b.cf_action, mask=b.mask, time=b.time)["mean"]
     cur = _z(model, b.history[:, -1])
     f, c, both = b.continues, b.cf_continues, b.continues & b.cf_continues
     true_effect = _z(model, b.cf_next_state[both]) - _z(model, b.next_state[both])

@@ -80,25 +80,39 @@ class WorldModel:
         return h, a.astype(np.int64), m
 
     # ----------------------------------------------------------------------------------- prediction
-    def predict(self, history: object, action: object, mask: object = None) -> dict[str, np.ndarray]:
+    def predict(self, history: object, action: object, mask: object = None, time: object = None) -> dict[str, np.ndarray]:
         """Next-state distribution and how the stay ends, for each patient of the batch.
 
         Returns (arrays, real units): ``mean`` [B, F] (binary features as probabilities, static carried),
         ``std`` [B, F] aleatoric, ``epistemic_std`` [B, F], ``p_binary`` [B, Db], ``p_vent`` [B] (nan if
         the cohort has no ventilation feature), ``p_death``, ``p_discharge``, ``p_continue`` [B] and
         ``p_death_epistemic_std`` [B].
+
+        ``time`` [B]: decisions since admission of the newest state. Models trained with time as an input
+        need it; when omitted it is taken as the number of real states in the window minus one, a lower
+        bound that is exact only for stays shorter than the window.
         """
         h, a, m = self.check_inputs(history, action, mask)
-        parts = [self._predict_chunk(h[i : i + CHUNK], a[i : i + CHUNK], m[i : i + CHUNK])
+        t = self._check_time(time, m)
+        parts = [self._predict_chunk(h[i : i + CHUNK], a[i : i + CHUNK], m[i : i + CHUNK], t[i : i + CHUNK])
                  for i in range(0, max(len(a), 1), CHUNK)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _predict_chunk(self, h: np.ndarray, a: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+    def _check_time(self, time: object, mask: np.ndarray) -> np.ndarray:
+        if time is None:
+            return mask.sum(axis=1).astype(np.int64) - 1
+        t = np.asarray(time)
+        if t.shape != (len(mask),) or not np.isfinite(t.astype(np.float64)).all() or (t < 0).any():
+            raise ValueError(f"time must be [{len(mask)}] non-negative decision counts, got shape {t.shape}")
+        return t.astype(np.int64)
+
+    def _predict_chunk(self, h: np.ndarray, a: np.ndarray, m: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
         norm, lay = self.normalizer, self.layout
         dyn, binary = list(lay.dynamic), list(lay.binary)
         z = norm.encode(h)
         with torch.no_grad():
-            out = self.net(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(m), torch.from_numpy(a))
+            out = self.net(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(m), torch.from_numpy(a),
+                           torch.from_numpy(t))
         out = {k: v.double().numpy() for k, v in out.items()}
         d_mean, d_std = np.asarray(norm.delta_mean), np.asarray(norm.delta_std)
         z_last = z[:, -1, :]

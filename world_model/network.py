@@ -39,12 +39,25 @@ class ModelConfig:
     dropout: float = 0.0
     min_logvar: float = -6.0
     max_logvar: float = 3.0
+    # time since admission as an input (discharge needs >= 3 steps, stays are capped): checkpoints from
+    # before it was added load with False
+    time_input: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ("mlp", "gru"):
             raise ValueError(f"arch must be 'mlp' or 'gru', got {self.arch!r}")
         if self.members < 1 or self.window < 1 or self.hidden < 1 or self.layers < 1:
             raise ValueError(f"members, window, hidden and layers must be >= 1: {self}")
+
+
+TIME_FEATURES = 2
+TIME_CAP = 20.0  # steps; stays are capped at 20 decisions in the synthetic cohort
+
+
+def time_features(time: torch.Tensor) -> torch.Tensor:
+    """[..] decisions since admission -> [.., 2]: capped time scaled to [0, 1] and "at least 3 steps"."""
+    t = time.to(torch.float32)
+    return torch.stack([torch.clamp(t, 0, TIME_CAP) / TIME_CAP, (t >= 3).to(torch.float32)], dim=-1)
 
 
 def action_features(action: torch.Tensor) -> torch.Tensor:
@@ -74,17 +87,26 @@ class DynamicsEnsemble(nn.Module):
         else:
             self.cell = EnsembleGRUCell(m, f + 1, config.gru_hidden)
             trunk_in = config.gru_hidden + f + ACTION_FEATURES
+        trunk_in += TIME_FEATURES if config.time_input else 0
         self.trunk = EnsembleMLP(m, trunk_in, config.hidden, config.layers, config.dropout)
         out = 2 * self.n_dynamic + self.n_binary + 3
         self.head = EnsembleLinear(m, config.hidden, out, init_scale=0.1)
 
-    def forward(self, window: torch.Tensor, mask: torch.Tensor, action: torch.Tensor) -> dict[str, torch.Tensor]:
-        """window [B, W, F] or [M, B, W, F] (model space), mask [(M,) B, W] bool, action [(M,) B] long."""
+    def forward(self, window: torch.Tensor, mask: torch.Tensor, action: torch.Tensor,
+                time: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """window [B, W, F] or [M, B, W, F] (model space), mask [(M,) B, W] bool, action [(M,) B] long,
+        time [(M,) B] decisions since admission (required when the model takes time as an input)."""
         m = self.config.members
+        if self.config.time_input and time is None:
+            raise ValueError("this world model takes the time since admission as an input: pass time")
+        if time is None:
+            time = torch.zeros_like(action)
         if window.dim() == 3:  # one batch shared by all members
-            window, mask, action = (t.unsqueeze(0).expand(m, *t.shape) for t in (window, mask, action))
+            window, mask, action, time = (t.unsqueeze(0).expand(m, *t.shape) for t in (window, mask, action, time))
         maskf = mask.to(window.dtype)
         a = action_features(action)
+        if self.config.time_input:
+            a = torch.cat([a, time_features(time)], dim=-1)
         if self.config.arch == "mlp":
             steps = torch.cat([window, maskf[..., None]], dim=-1)
             h = torch.cat([steps.flatten(2), a], dim=-1)

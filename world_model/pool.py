@@ -14,7 +14,6 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -41,7 +40,9 @@ def load_model(model_dir: str) -> Any:
     """Model factory shipped to shards (loads the checkpoint inside the actor, never pickles weights)."""
     from world_model.checkpoint import load_world_model
 
-    return load_world_model(model_dir)
+    from sepsis_rl import storage
+
+    return load_world_model(storage.local_copy(model_dir))  # a URI: downloaded once per node
 
 
 def in_memory_model(model: Any) -> Any:
@@ -52,6 +53,7 @@ def in_memory_model(model: Any) -> Any:
 @dataclass
 class _Record:
     history: np.ndarray
+    start_step: int
     actions: list[int] = field(default_factory=list)
 
 
@@ -75,7 +77,9 @@ class SimulatorPool:
         if model_factory is None:
             if model_dir is None:
                 raise ValueError("SimulatorPool needs model_dir or model_factory")
-            if not (Path(model_dir) / "config.json").is_file():
+            from sepsis_rl import storage
+
+            if not storage.exists(storage.join(str(model_dir), "config.json")):
                 raise FileNotFoundError(f"{model_dir} is not a world-model folder (no config.json)")
             model_factory = functools.partial(load_model, str(model_dir))
         self.config = config
@@ -105,7 +109,8 @@ class SimulatorPool:
         mine = np.array([e for e in self._records if e % len(self.shards) == i], dtype=np.int64)
         if mine.size == 0:
             return
-        ray.get(self.shards[i].reset.remote(mine, self._stack_histories(mine)), timeout=self.config.call_timeout_s)
+        starts = np.array([self._records[int(e)].start_step for e in mine], dtype=np.int64)
+        ray.get(self.shards[i].reset.remote(mine, self._stack_histories(mine), starts), timeout=self.config.call_timeout_s)
         longest = max(len(self._records[int(e)].actions) for e in mine)
         for t in range(longest):
             ids = np.array([e for e in mine if len(self._records[int(e)].actions) > t], dtype=np.int64)
@@ -147,15 +152,17 @@ class SimulatorPool:
         return [[results[i] for i in groups], order]
 
     # ---------------------------------------------------------------------------------------- API
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray:
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         h = np.asarray(history, dtype=np.float64)
         h = h[:, None, :] if h.ndim == 2 else h
         if len(h) != len(ids):
             raise ValueError(f"{len(ids)} episode ids for {len(h)} start histories")
-        results, order = self._call("reset", ids, h)
-        for eid, hist in zip(ids, h):
-            self._records[int(eid)] = _Record(hist.copy())
+        starts = (np.full(len(ids), h.shape[1] - 1, dtype=np.int64) if start_steps is None
+                  else np.asarray(start_steps, dtype=np.int64).reshape(-1))
+        results, order = self._call("reset", ids, h, starts)
+        for eid, hist, st in zip(ids, h, starts):
+            self._records[int(eid)] = _Record(hist.copy(), int(st))
         return np.concatenate(results)[np.argsort(order)]
 
     def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:
@@ -169,9 +176,10 @@ class SimulatorPool:
             self._records[int(eid)].actions.append(int(a))
         return _concat(results, order)
 
-    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
+    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                 continuation: Any = None) -> SimulationResult:
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
-        results, order = self._call("simulate", ids, np.asarray(candidates), extra=(int(horizon),))
+        results, order = self._call("simulate", ids, np.asarray(candidates), extra=(int(horizon), continuation))
         return _concat(results, order)
 
     def release(self, episode_ids: np.ndarray) -> None:

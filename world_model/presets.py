@@ -53,17 +53,17 @@ class Preset:
 _PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
-        model=ModelConfig(hidden=64, layers=2, gru_hidden=32, members=2),
+        model=ModelConfig(hidden=64, layers=2, gru_hidden=32, members=2, time_input=True),
         train=TrainConfig(epochs=20, batch_size=128, lr=3e-3, patience=3, max_minutes=0.5),
     ),
     "cpu": Preset(
         "cpu",
-        model=ModelConfig(hidden=256, layers=2, gru_hidden=128, members=5),
+        model=ModelConfig(hidden=256, layers=2, gru_hidden=128, members=5, time_input=True),
         train=TrainConfig(epochs=40, batch_size=512, lr=2e-3, patience=4, max_minutes=10.0),
     ),
     "gpu": Preset(
         "gpu",
-        model=ModelConfig(hidden=512, layers=3, gru_hidden=256, members=5),
+        model=ModelConfig(hidden=512, layers=3, gru_hidden=256, members=5, time_input=True),
         train=TrainConfig(epochs=100, batch_size=2048, lr=2e-3, patience=6, max_minutes=30.0, device="auto"),
     ),
 }

@@ -75,8 +75,8 @@ class SimulatorShardImpl:
             self.metrics["steps"].inc(n)
             self.metrics["rate"].set(self._steps / max(time.perf_counter() - self._t0, 1e-9))
 
-    async def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray:
-        return self.sim.reset(episode_ids, history)
+    async def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
+        return self.sim.reset(episode_ids, history, start_steps)
 
     async def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
@@ -84,8 +84,9 @@ class SimulatorShardImpl:
         acts = self.sim.check_actions(actions, (len(ids),))
         return await self._step_batcher.submit((ids, acts))
 
-    async def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
-        res = self.sim.simulate(episode_ids, candidates, horizon)
+    async def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                       continuation: Any = None) -> SimulationResult:
+        res = self.sim.simulate(episode_ids, candidates, horizon, continuation)
         self._count(res.sofa.size)
         return res
 

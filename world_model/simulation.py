@@ -12,11 +12,12 @@ episodes are rebuilt), and the pool's results equal in-process results for the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
+from sepsis_rl.cohort.noise import keyed_uniforms, normal_from_uniform as _normal_from_uniform
 from sepsis_rl.cohort.reward import RewardConfig, intermediate_reward, terminal_reward
 from sepsis_rl.cohort.spec import N_ACTIONS
 
@@ -77,11 +78,17 @@ class SimulationResult:
     map: np.ndarray  # [B, K, H] mmHg (nan if the cohort has no MeanBP)
     lactate: np.ndarray  # [B, K, H] mmol/L
     sofa: np.ndarray  # [B, K, H]
-    risk_of_death: np.ndarray  # [B, K] P(death within the horizon)
+    risk_of_death: np.ndarray  # [B, K] P(death within the horizon), nothing accrued after a predicted discharge
     uncertainty: np.ndarray  # [B, K] mean epistemic spread over the horizon
+    expected_return: np.ndarray  # [B, K] expected cohort reward over the horizon (the RL reward, expected endings)
+    risk_of_discharge: np.ndarray  # [B, K] P(discharged alive within the horizon)
 
     def take(self, idx: np.ndarray) -> "SimulationResult":
         return SimulationResult(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+# a continuation policy for ``simulate``: (simulated windows [N, W, F], last actions [N]) -> next actions [N]
+Continuation = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _index(names: Sequence[str], options: Sequence[str]) -> int | None:
@@ -101,6 +108,7 @@ class WorldModelSimulator:
         self._free: list[int] = []
         self._hist = np.zeros((0, model.window, self.n_features))  # last W states, left-padded with the first
         self._steps = np.zeros(0, dtype=np.int64)
+        self._t0 = np.zeros(0, dtype=np.int64)  # decisions since admission at reset (the world model's time input)
         self._done = np.zeros(0, dtype=bool)
         self._alive = np.zeros(0)  # P(no ending yet), used when endings are "expected"
         self._actions: dict[int, list[int]] = {}
@@ -146,8 +154,11 @@ class WorldModelSimulator:
         return h
 
     # ------------------------------------------------------------------------------------------ API
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray:
-        """Start (or restart) episodes from observed histories [B, T, F]; returns the current states [B, F]."""
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
+        """Start (or restart) episodes from observed histories [B, T, F]; returns the current states [B, F].
+
+        ``start_steps`` [B]: decisions since admission of each history's newest state (default: the number
+        of charted states given minus one, right when histories start at admission)."""
         h = self.check_history(history)
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(h):
@@ -163,6 +174,8 @@ class WorldModelSimulator:
             self._actions[eid] = []
         self._hist[slots] = padded
         self._steps[slots] = 0
+        self._t0[slots] = (np.full(len(ids), h.shape[1] - 1) if start_steps is None
+                           else np.asarray(start_steps, dtype=np.int64).reshape(-1))
         self._done[slots] = False
         self._alive[slots] = 1.0
         return h[:, -1, :].astype(np.float32)
@@ -173,6 +186,7 @@ class WorldModelSimulator:
             grow = max(n, cap, 64)
             self._hist = np.concatenate([self._hist, np.zeros((grow, *self._hist.shape[1:]))])
             self._steps = np.concatenate([self._steps, np.zeros(grow, dtype=np.int64)])
+            self._t0 = np.concatenate([self._t0, np.zeros(grow, dtype=np.int64)])
             self._done = np.concatenate([self._done, np.zeros(grow, dtype=bool)])
             self._alive = np.concatenate([self._alive, np.zeros(grow)])
             self._free.extend(range(cap + grow - 1, cap - 1, -1))
@@ -190,7 +204,7 @@ class WorldModelSimulator:
         slots = self.slots(ids)
         acts = self.check_actions(actions, (len(ids),))
         window = self._hist[slots]
-        pred = self.model.predict(window, acts)
+        pred = self._predict(window, acts, self._t0[slots] + self._steps[slots])
         u = keyed_uniforms(self.config.seed, ids, self._steps[slots], 1 + self.n_features)
         nxt = np.array(pred["mean"], dtype=np.float64)
         if self.config.stochastic:
@@ -225,8 +239,16 @@ class WorldModelSimulator:
         unc = (pred["epistemic_std"] / self._scale).mean(axis=1)
         return StepResult(nxt.astype(np.float32), reward, done, died, discharged, truncated, p_death, unc, death_mass)
 
-    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> SimulationResult:
-        """Fork each patient once per candidate and hold that prescription for ``horizon`` steps (mean path)."""
+    def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int,
+                 continuation: Continuation | None = None) -> SimulationResult:
+        """Fork each patient once per candidate and roll it forward ``horizon`` steps on the mean path.
+
+        The candidate is given at the first step; later steps repeat it, or follow ``continuation`` (a
+        policy of the simulated window and the last action). Each step pays the expected reward over the
+        world model's endings, the same quantity RL is trained on: alive * (p_death R_death + p_discharge
+        R_discharge + p_stay r_intermediate). A patient predicted discharged (or dead) stops accruing
+        anything, so death risk is P(death before discharge within the horizon).
+        """
         if not 1 <= int(horizon) <= 32:
             raise ValueError(f"horizon must be in 1..32, got {horizon}")
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
@@ -237,20 +259,26 @@ class WorldModelSimulator:
         cands = self.check_actions(cands, cands.shape)
         b, k = cands.shape
         window = np.repeat(self._hist[slots], k, axis=0)
+        now = np.repeat(self._t0[slots] + self._steps[slots], k)
         acts = cands.reshape(-1)
         traj = np.zeros((b * k, horizon, self.n_features))
-        alive = np.ones(b * k)
-        unc = np.zeros(b * k)
+        alive, unc = np.ones(b * k), np.zeros(b * k)
+        ret, dead, gone = np.zeros(b * k), np.zeros(b * k), np.zeros(b * k)
         for h in range(horizon):
-            pred = self.model.predict(window, acts)
+            if h > 0 and continuation is not None:
+                acts = self.check_actions(continuation(window, acts), (b * k,))
+            pred = self._predict(window, acts, now + h)
             nxt = self._tidy(pred["mean"], window[:, -1, :])
             traj[:, h] = nxt
-            alive = alive * (1 - pred["p_death"])
+            p_death, p_dis = pred["p_death"], pred["p_discharge"]
+            r, death_mass = self._expected_reward(alive, p_death, p_dis, self._shaping(window[:, -1, :], nxt))
+            ret, dead, gone = ret + r, dead + death_mass, gone + alive * p_dis
+            alive = alive * np.clip(1.0 - p_death - p_dis, 0.0, 1.0)
             unc += (pred["epistemic_std"] / self._scale).mean(axis=1) / horizon
             window = np.concatenate([window[:, 1:], nxt[:, None, :]], axis=1)
         pick = lambda i: traj[:, :, i].reshape(b, k, horizon) if i is not None else np.full((b, k, horizon), np.nan)  # noqa: E731
-        return SimulationResult(cands, pick(self._i_map), pick(self._i_lac), pick(self._i_sofa),
-                                (1 - alive).reshape(b, k), unc.reshape(b, k))
+        return SimulationResult(cands, pick(self._i_map), pick(self._i_lac), pick(self._i_sofa), dead.reshape(b, k),
+                                unc.reshape(b, k), ret.reshape(b, k), gone.reshape(b, k))
 
     def history(self, episode_id: int) -> tuple[np.ndarray, list[int], int, bool]:
         """(last W states, actions so far, steps taken, ended) of one episode."""
@@ -258,6 +286,12 @@ class WorldModelSimulator:
         return self._hist[slot].copy(), list(self._actions[int(episode_id)]), int(self._steps[slot]), bool(self._done[slot])
 
     # ----------------------------------------------------------------------------------------- helpers
+    def _predict(self, window: np.ndarray, actions: np.ndarray, time: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's prediction, with the time since admission for models that take it."""
+        if getattr(getattr(self.model, "config", None), "time_input", False):
+            return self.model.predict(window, actions, time=time)  # type: ignore[call-arg]
+        return self.model.predict(window, actions)
+
     def _expected_reward(self, alive: np.ndarray, p_death: np.ndarray, p_dis: np.ndarray,
                          intermediate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(alive * E[this step's reward over the ending draw], alive * p_death)."""
@@ -282,34 +316,3 @@ class WorldModelSimulator:
         if self._i_sofa is not None:
             nxt[:, self._i_sofa] = np.clip(np.round(nxt[:, self._i_sofa]), 0, 24)
         return nxt
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def keyed_uniforms(seed: int, episode_ids: np.ndarray, steps: np.ndarray, n: int) -> np.ndarray:
-    """Uniforms in [0, 1), [B, n], that depend only on (seed, episode id, step, index): a counter-based hash.
-
-    Vectorised (no generator per episode), and the same numbers on any shard in any batch composition.
-    """
-    with np.errstate(over="ignore"):
-        ids = np.asarray(episode_ids).astype(np.uint64)
-        key = _splitmix64(_splitmix64(ids) ^ np.uint64(seed & 0xFFFFFFFF))
-        key = _splitmix64(key ^ (np.asarray(steps).astype(np.uint64) * np.uint64(0x632BE59BD9B4E019)))
-        x = _splitmix64(key[:, None] + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _normal_from_uniform(u: np.ndarray) -> np.ndarray:
-    """Standard normal draws from uniforms (Box-Muller on pairs), so draws depend only on the keyed stream."""
-    u = np.clip(u, 1e-12, 1 - 1e-12)
-    n = u.shape[1]
-    half = (n + 1) // 2
-    a = np.concatenate([u, u[:, :1]], axis=1) if n % 2 else u
-    r = np.sqrt(-2 * np.log(a[:, :half]))
-    theta = 2 * np.pi * a[:, half : 2 * half]
-    return np.concatenate([r * np.cos(theta), r * np.sin(theta)], axis=1)[:, :n]

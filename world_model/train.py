@@ -63,7 +63,7 @@ def to_tensors(w: Windows, norm: Normalizer, layout: FeatureLayout, device: torc
     delta = (nxt[:, dyn] - z[:, dyn] - np.asarray(norm.delta_mean)) / np.asarray(norm.delta_std)
     delta[~has] = 0.0
     t = {
-        "z": z.astype(np.float32), "hist_idx": w.hist_idx, "mask": w.mask, "action": w.action,
+        "z": z.astype(np.float32), "hist_idx": w.hist_idx, "mask": w.mask, "action": w.action, "time": w.step,
         "delta": delta.astype(np.float32), "binary": np.where(has[:, None], nxt[:, binary], 0).astype(np.float32),
         "has_next": has, "terminal": w.terminal,
     }
@@ -72,7 +72,7 @@ def to_tensors(w: Windows, norm: Normalizer, layout: FeatureLayout, device: torc
 
 def gather(t: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """Batch [M, B, ...] for row indices ``idx`` [M, B]."""
-    out = {k: t[k][idx] for k in ("mask", "action", "delta", "binary", "has_next", "terminal")}
+    out = {k: t[k][idx] for k in ("mask", "action", "time", "delta", "binary", "has_next", "terminal")}
     out["window"] = t["z"][t["hist_idx"][idx]]
     return out
 
@@ -87,7 +87,7 @@ def evaluate_loss(net: DynamicsEnsemble, t: dict[str, torch.Tensor], preset: Pre
         for i in range(0, n, chunk):
             rows = torch.arange(i, min(i + chunk, n), device=t["z"].device)
             b = gather(t, rows[None].expand(m, -1))
-            out = net(b["window"], b["mask"], b["action"])
+            out = net(b["window"], b["mask"], b["action"], b["time"])
             parts = {k: v * len(rows) / n for k, v in member_losses(out, b, preset.loss).items()}
             err = (out["delta_mean"] - b["delta"]).abs().mean(dim=2) * b["has_next"]
             parts["mae"] = err.sum(dim=1) / n_next  # normalised-delta units
@@ -136,7 +136,7 @@ def train_world_model(cohort_dir: str | os.PathLike, preset: Preset) -> TrainRes
         running = 0.0
         for s in range(steps):
             b = gather(tr, order[:, s * cfg.batch_size : (s + 1) * cfg.batch_size])
-            loss = member_losses(net(b["window"], b["mask"], b["action"]), b, preset.loss)["total"].sum()
+            loss = member_losses(net(b["window"], b["mask"], b["action"], b["time"]), b, preset.loss)["total"].sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

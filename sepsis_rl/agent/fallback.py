@@ -13,18 +13,19 @@ NO_TREATMENT = 0
 
 class Fallback(str, Enum):
     REPEAT_LAST = "repeat_last"  # keep the running prescription (no treatment at the first decision)
-    BEST_CANDIDATE = "best_candidate"  # the simulated candidate with the lowest risk of death
+    BEST_CANDIDATE = "best_candidate"  # the simulated candidate with the best expected outcome (lowest -return)
 
 
 def default_candidates(last_action: int | None, k: int) -> list[int]:
     """Candidates used when a proposal cannot be parsed: the running prescription and its neighbours.
 
-    The rule is documented so a replaced proposal is still a sensible set: keep, then one fluid bin up,
-    one vasopressor bin up, one vasopressor bin down, no treatment, ... deduplicated, in range.
+    The rule is documented so a replaced proposal is still a sensible set, escalating and de-escalating
+    alike: keep, one fluid bin up, one vasopressor bin down, one vasopressor bin up, one fluid bin down,
+    no treatment, ... deduplicated, in range.
     """
     base = NO_TREATMENT if last_action is None else int(last_action)
     f, v = divmod(base, 5)
-    order = [(f, v), (f + 1, v), (f, v + 1), (f, v - 1), (f - 1, v), (0, 0), (2, 0), (1, 1), (2, 2)]
+    order = [(f, v), (f + 1, v), (f, v - 1), (f, v + 1), (f - 1, v), (0, 0), (2, 0), (1, 1), (2, 2)]
     out: list[int] = []
     for ff, vv in order:
         a = ff * 5 + vv

@@ -23,7 +23,7 @@ stays low despite fluids; reassess fluid responsiveness before more fluid; avoid
 {mode}"""
 
 PSR_MODE = """First propose {k} different candidates as <propose>F?V?; F?V?; F?V?</propose>. A simulator then \
-predicts each candidate's effect over the next hours. Then prescribe one as <prescribe>F?V?</prescribe>."""
+predicts each candidate's effect over the next hours; its "outcome" score is the expected reward (higher is better: survival, falling SOFA and lactate). Then prescribe one as <prescribe>F?V?</prescribe>."""
 
 DIRECT_MODE = "Answer with one prescription as <prescribe>F?V?</prescribe>."
 
@@ -97,20 +97,36 @@ class ObservationRenderer:
 
 def render_simulation(
     candidates: list[int], map_: np.ndarray, lactate: np.ndarray, sofa: np.ndarray, risk: np.ndarray,
-    uncertainty: np.ndarray, current: tuple[float, float, float],
+    uncertainty: np.ndarray, current: tuple[float, float, float], expected_return: np.ndarray | None = None,
+    discharge: np.ndarray | None = None,
 ) -> str:
-    """Tool output: per candidate, MAP / lactate / SOFA from now to the end of the horizon, risk, uncertainty.
+    """Tool output: per candidate, what ranks it first (the expected outcome score: the RL reward expected
+    over the horizon; the world model's one-step expected return ranks the 25 actions like the truth,
+    its death risk alone does not), then death and discharge risk, MAP / lactate / SOFA at the end of the
+    horizon and the ensemble's uncertainty.
 
-    ``map_``, ``lactate``, ``sofa`` are [K, H]; ``risk``, ``uncertainty`` are [K].
+    ``map_``, ``lactate``, ``sofa`` are [K, H]; ``risk``, ``uncertainty``, ``expected_return``, ``discharge`` are [K].
     """
     h = map_.shape[1]
     cur_map, cur_lac, cur_sofa = current
     lines = [f"<simulation hours=\"{4 * h}\">"]
     for k, a in enumerate(candidates):
+        head = f"{render_action(a)}: "
+        if expected_return is not None:
+            head += f"outcome {expected_return[k]:+.1f}, "
+        tail = f", discharge {100 * discharge[k]:.0f}%" if discharge is not None else ""
         lines.append(
-            f"{render_action(a)}: MAP {cur_map:.0f}->{map_[k, -1]:.0f} mmHg, lactate {cur_lac:.1f}->{lactate[k, -1]:.1f} "
-            f"mmol/L, SOFA {cur_sofa:.0f}->{sofa[k, -1]:.0f}, death risk {100 * risk[k]:.0f}%, "
+            f"{head}death risk {100 * risk[k]:.0f}%{tail}, MAP {cur_map:.0f}->{map_[k, -1]:.0f} mmHg, "
+            f"lactate {cur_lac:.1f}->{lactate[k, -1]:.1f} mmol/L, SOFA {cur_sofa:.0f}->{sofa[k, -1]:.0f}, "
             f"uncertainty {uncertainty[k]:.2f}"
         )
     lines.append("</simulation>")
     return "\n".join(lines)
+
+
+def render_result(result: "object", i: int, candidates: list[int], current: tuple[float, float, float]) -> str:
+    """``render_simulation`` for patient ``i`` of a ``SimulationResult`` (one place decides what is shown)."""
+    r = result
+    return render_simulation(candidates, r.map[i], r.lactate[i], r.sofa[i], r.risk_of_death[i],  # type: ignore[attr-defined]
+                             r.uncertainty[i], current, getattr(r, "expected_return", None)[i],  # type: ignore[attr-defined,index]
+                             getattr(r, "risk_of_discharge", None)[i])  # type: ignore[index]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sepsis_rl.cohort.noise import KeyedNoise, stream_seed
 from sepsis_rl.cohort.spec import N_BINS, action_index
 
 
@@ -35,6 +36,12 @@ class ClinicianPolicy:
 
     def sample_styles(self, n: int, rng: np.random.Generator) -> ClinicianStyle:
         return ClinicianStyle(fluid_bias=rng.normal(0, 0.5, n), map_target=rng.normal(65, 3, n))
+
+    def keyed_styles(self, seed: int, episode_ids: np.ndarray) -> ClinicianStyle:
+        """Each stay's clinician style as a function of (seed, stay) alone: the cohort's logged clinicians
+        and a re-simulated clinician with the same seed are the same people."""
+        noise = KeyedNoise(stream_seed(seed, "clinician-style"), episode_ids, 0)
+        return ClinicianStyle(fluid_bias=noise.normal(0, 0.5), map_target=noise.normal(65, 3))
 
     def _col(self, obs: np.ndarray, name: str) -> np.ndarray:
         return obs[:, self.feature_names.index(name)]
@@ -65,11 +72,16 @@ class ClinicianPolicy:
         joint = (pf_bins[:, :, None] * pv_bins[:, None, :]).reshape(len(obs), N_BINS * N_BINS)
         return (1 - self.exploration) * joint + self.exploration / (N_BINS * N_BINS)
 
-    def sample(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, probs: np.ndarray, rng: np.random.Generator | KeyedNoise) -> np.ndarray:
         """Draw one joint action per row from ``probs`` (inverse-CDF, vectorised)."""
-        cdf = np.cumsum(probs, axis=1)
-        u = rng.random(len(probs)) * cdf[:, -1]
-        return np.minimum((cdf < u[:, None]).sum(axis=1), probs.shape[1] - 1)
+        return sample_actions(probs, rng.random(len(probs)))
+
+
+def sample_actions(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw of one action per row of ``probs`` from uniforms ``u`` [n] in [0, 1)."""
+    cdf = np.cumsum(probs, axis=1)
+    u = np.asarray(u) * cdf[:, -1]
+    return np.minimum((cdf < u[:, None]).sum(axis=1), probs.shape[1] - 1)
 
 
 def _soft_bins(target: np.ndarray, sharpness: float) -> np.ndarray:

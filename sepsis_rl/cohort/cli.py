@@ -1,4 +1,4 @@
-"""``sepsis-rl cohort synth | import | describe``."""
+"""``sepsis-rl cohort synth | import | describe | sanity``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     desc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     desc.set_defaults(func=_describe)
 
+    sanity = csub.add_parser("sanity", help="the clinical sanity table: true value of constant regimens, clinician, "
+                             "random and no treatment (synthetic cohorts)")
+    sanity.add_argument("dir")
+    sanity.add_argument("--patients", type=int, default=None, help="test patients to use (default: all)")
+    sanity.add_argument("--repeats", type=int, default=1, help="rollouts per patient (default 1)")
+    sanity.add_argument("--seed", type=int, default=None, help="truth seed (default: derived from the cohort seed)")
+    sanity.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    sanity.set_defaults(func=_sanity)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from sepsis_rl.cohort.synth import synthesize_cohort
@@ -60,4 +69,21 @@ def _describe(args: argparse.Namespace) -> int:
 
     summary = describe_cohort(args.dir)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    from sepsis_rl.cohort.sanity import render_markdown, sanity_table
+    from sepsis_rl.cohort.store import read_spec
+
+    if args.patients is not None and args.patients < 2:
+        raise CohortInputError(f"--patients must be >= 2 (confidence intervals), got {args.patients}")
+    if args.repeats < 1:
+        raise CohortInputError(f"--repeats must be >= 1, got {args.repeats}")
+    read_spec(args.dir)  # a missing or malformed folder fails here with its one-line message
+    try:
+        table = sanity_table(args.dir, args.patients, args.repeats, args.seed)
+    except ValueError as e:
+        raise CohortInputError(str(e)) from None
+    print(json.dumps(table, indent=2) if args.json else render_markdown(table))
     return 0

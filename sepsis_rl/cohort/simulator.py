@@ -34,10 +34,34 @@ Treatment effects per 4-hour step (direction; typical size on a hypotensive, hyp
     no treatment: hypotension (MAP < 65) drives lactate up, worsens inflammation and injures
       kidney, liver and brain; inflammation otherwise resolves at a patient-specific rate.
 
-Stay ends: death (per-step hazard rising with SOFA, lactate above 2 and MAP below 55), discharge
-(stable: SOFA <= 5, lactate < 2.2, MAP >= 65, off vasopressors, after >= 3 steps; p = 0.3 per step),
-or the 20-step cap. Survivors of the stay may still die after it (90-day outcome) with a probability
-that rises with their final SOFA, lactate and oedema, so the whole trajectory matters.
+Stay ends: death (per-step hazard, below), discharge (stable: SOFA <= 5, lactate < 2.2, MAP >= 65, off
+vasopressors, after >= 3 steps; p = 0.3 per step), or the 20-step cap. Survivors of the stay may still die
+after it (90-day outcome) with a probability that rises with their final SOFA, lactate, fluid balance and
+oxygenation, so the whole trajectory matters.
+
+Mortality calibration (v2; each association held by tests/test_ground_truth.py on simulated populations).
+The per-step in-ICU hazard logit adds to SOFA, lactate above 2 and MAP below 55:
+    hypoxaemic respiratory failure  +0.7 * sigmoid((100 - P/F) / 25). Berlin definition (ARDS Definition
+        Task Force, JAMA 2012): mortality 27% / 32% / 45% for mild / moderate / severe ARDS. Measured here
+        among ventilated stays by P/F at the first ventilated step of the first 24 h (clinician cohort,
+        10,000 stays): >300 18%, mild 30%, moderate 58%, severe 85% (n ~ 10). Monotone as in Berlin, but
+        steeper above mild: in this simulator low P/F also marks the sickest, most inflamed patients.
+    sustained fluid overload  +0.35 per L of cumulative balance beyond +5 L (saturating at +8 L), and the
+        same beyond discharge. Boyd et al., Crit Care Med 2011 (VASST); Sakr et al., Crit Care Med 2017
+        (ICON): a positive cumulative balance is independently associated with mortality. Measured: the
+        clinicians forced to the largest fluid bin for 24 h (+9 L) lose > 5 survival points (paired).
+    persistent hypotension  +0.45 per consecutive step ending with MAP < 65 (up to 4). Varpula et al.,
+        Intensive Care Med 2005; Maheshwari et al., Intensive Care Med 2018: time below MAP 65 predicts death.
+    rising lactate  +0.6 per mmol/L of rise within the step (up to 2). Nguyen et al., Crit Care Med 2004:
+        < 10% lactate clearance at 6 h carries higher mortality (measured here: 28% vs 7%).
+    high-dose vasopressor  +1.6 per mcg/kg/min above 0.25 (arrhythmia, ischaemia), and +0.8 while a
+        vasopressor runs with MAP far above target (> 90: needless vasoconstriction; SEPSISPAM, Asfar et al.,
+        NEJM 2014: higher MAP targets brought more atrial fibrillation, no survival benefit). Brown et al.,
+        Chest 2013: > 1 mcg/kg/min norepinephrine-equivalent carried ~80% mortality.
+Consequences (``sepsis-rl cohort sanity``, README): no constant regimen reaches the clinicians' survival
+(best ~73% vs ~77%), the largest fluid bin for the whole stay falls to ~58%, and no treatment (~49%) is
+below every moderate regimen; only maximal fluid with vasopressors, or maximal vasopressor doses, for
+the whole stay (~30 L, or 0.7 mcg/kg/min for 80 h) are worse still.
 """
 
 from __future__ import annotations
@@ -68,7 +92,7 @@ PARAM_NAMES = (
 )
 STATE_NAMES = (
     "vol", "oedema", "infl", "lac", "creat", "bili", "ast", "plt", "brain", "cl", "hb", "alb", "vent",
-    "input_total", "output_total", "urine", "vaso", "t",
+    "input_total", "output_total", "urine", "vaso", "t", "hypo_run",
 )
 
 
@@ -78,7 +102,7 @@ class SimulatorConfig:
 
     max_steps: int = 20
     responder_fraction: float = 0.65
-    hazard_intercept: float = -7.2
+    hazard_intercept: float = -7.4
     post_icu_intercept: float = -5.0
     discharge_prob: float = 0.3
     observation_noise: float = 1.0  # scale of charting noise (0 = noiseless charts)
@@ -119,6 +143,10 @@ class StepOutcome:
     discharged: np.ndarray  # left the ICU alive at the end of the step
     post_icu_death: np.ndarray  # for discharged (or capped) stays: died within the outcome window
     done: np.ndarray  # the stay ended with this step
+    # the probabilities the ending draws used (for exact expectations, e.g. the oracle planner)
+    p_died: np.ndarray | None = None  # in-ICU death this step
+    p_leave: np.ndarray | None = None  # leaving alive this step (discharge or the cap), given no death
+    p_post: np.ndarray | None = None  # death after leaving, given leaving
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -155,7 +183,8 @@ class SepsisSimulator:
             "leak": rng.uniform(0.25, 0.6, n),
             "lung_base": rng.uniform(300, 480, n),
             "lung_sens": rng.uniform(0.15, 0.4, n),
-            "lung_inj": _beta(rng, 1.5, 3.0, n),
+            # pulmonary source (~30%): direct lung injury, so ARDS of every Berlin grade occurs at admission
+            "lung_inj": np.where(rng.random(n) < 0.3, _beta(rng, 5.0, 2.0, n), _beta(rng, 1.5, 3.0, n)),
             "kidney_sens": rng.lognormal(0, 0.4, n),
             "liver_sens": rng.lognormal(0, 0.5, n),
             "coag_sens": rng.lognormal(0, 0.5, n),
@@ -202,6 +231,7 @@ class SepsisSimulator:
             "urine": rng.uniform(40, 300, n),
             "vaso": np.zeros(n),
             "t": np.zeros(n),
+            "hypo_run": np.zeros(n),  # consecutive steps that ended with MAP < 65 mmHg
         }
         return PatientBatch(p, x)
 
@@ -224,7 +254,7 @@ class SepsisSimulator:
     def pf_ratio(self, b: PatientBatch) -> np.ndarray:
         p, x = b.p, b.x
         excess = np.maximum(x["oedema"] - 1.0, 0) + 0.5 * np.maximum(x["vol"] - 1.5, 0)
-        injury = 1 - 0.4 * np.minimum(x["infl"], 1.5) * p["lung_inj"]
+        injury = 1 - 0.5 * np.minimum(x["infl"], 1.5) * p["lung_inj"]
         return np.clip(p["lung_base"] * np.exp(-p["lung_sens"] * excess) * injury, 40, 600)
 
     def gcs(self, b: PatientBatch) -> np.ndarray:
@@ -308,21 +338,42 @@ class SepsisSimulator:
         nb = PatientBatch(p, x)
         sofa = self.true_sofa(nb)
         new_map = self.mean_arterial_pressure(nb)
-        hazard = sigmoid(
-            cfg.hazard_intercept + 0.22 * sofa + 0.35 * np.maximum(x["lac"] - 2, 0)
-            + 0.9 * sigmoid((55 - new_map) / 3) + p["frailty"]
-        )
+        x["hypo_run"] = np.where(new_map < 65, x["hypo_run"] + 1, 0.0)
+        hazard = sigmoid(cfg.hazard_intercept + self.death_logit(nb, sofa, new_map, x0["lac"], d))
         died = rng.random(n) < hazard
         stable = (sofa <= 5) & (x["lac"] < 2.2) & (new_map >= 65) & (d == 0) & (x["t"] >= 3)
         discharged = ~died & stable & (rng.random(n) < cfg.discharge_prob)
         capped = ~died & ~discharged & (x["t"] >= cfg.max_steps)
         leaving = discharged | capped
-        p_post = sigmoid(
-            cfg.post_icu_intercept + 0.2 * sofa + 0.4 * np.maximum(x["lac"] - 2, 0) + p["frailty"]
-            + 0.8 * (x["oedema"] > 4)
-        )
+        p_post = sigmoid(cfg.post_icu_intercept + self.post_icu_logit(nb, sofa))
         post_death = leaving & (rng.random(n) < p_post)
-        return StepOutcome(nb, died, discharged, post_death, died | leaving)
+        p_leave = np.where(x["t"] >= cfg.max_steps, 1.0, stable * cfg.discharge_prob)
+        return StepOutcome(nb, died, discharged, post_death, died | leaving, hazard, p_leave, p_post)
+
+    # ------------------------------------------------------------------------------------- mortality
+    def death_logit(self, b: PatientBatch, sofa: np.ndarray, mapv: np.ndarray, lac_before: np.ndarray,
+                    vaso_dose: np.ndarray) -> np.ndarray:
+        """In-ICU death hazard of a 4-hour step (logit, without the intercept); see the module docstring."""
+        p, x = b.p, b.x
+        balance_l = (x["input_total"] - x["output_total"]) / 1000.0
+        return (
+            0.22 * sofa + 0.35 * np.maximum(x["lac"] - 2, 0) + 0.9 * sigmoid((55 - mapv) / 3) + p["frailty"]
+            + 0.7 * sigmoid((100 - self.pf_ratio(b)) / 25)  # hypoxaemic respiratory failure (Berlin)
+            + 0.35 * np.clip(balance_l - 5.0, 0, 3)  # sustained fluid overload (saturates)
+            + 0.45 * np.minimum(x["hypo_run"], 4)  # persistent hypotension
+            + 0.6 * np.clip(x["lac"] - lac_before, 0, 2)  # rising lactate
+            + 1.6 * np.maximum(vaso_dose - 0.25, 0)  # high-dose vasopressor toxicity
+            + 0.8 * (vaso_dose > 0) * sigmoid((mapv - 90) / 4)  # needless vasoconstriction
+        )
+
+    def post_icu_logit(self, b: PatientBatch, sofa: np.ndarray) -> np.ndarray:
+        """Death after leaving the ICU (outcome window), from the state at discharge (logit, no intercept)."""
+        p, x = b.p, b.x
+        balance_l = (x["input_total"] - x["output_total"]) / 1000.0
+        return (
+            0.2 * sofa + 0.4 * np.maximum(x["lac"] - 2, 0) + p["frailty"]
+            + 0.25 * np.clip(balance_l - 5.0, 0, 4) + 0.9 * sigmoid((150 - self.pf_ratio(b)) / 25)
+        )
 
     def step_actions(self, b: PatientBatch, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Step with joint action ids 0..24 at the bins' representative doses."""

@@ -10,28 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sepsis_rl.cohort.behaviour import ClinicianPolicy
 from sepsis_rl.cohort.features import AI_CLINICIAN_FEATURES
-from sepsis_rl.cohort.reward import RewardConfig, episode_rewards, intermediate_reward, terminal_reward
+from sepsis_rl.cohort.reward import RewardConfig, episode_rewards
 from sepsis_rl.cohort.simulator import (
-    FLUID_TOP, SYNTH_FLUID_BINS, SYNTH_VASO_BINS, VASO_TOP, PatientBatch, SepsisSimulator, SimulatorConfig,
+    SYNTH_FLUID_BINS, SYNTH_VASO_BINS, PatientBatch, SepsisSimulator, SimulatorConfig,
 )
 from sepsis_rl.cohort.spec import CohortSpec, split_action
 from sepsis_rl.cohort.splits import split_episodes
 from sepsis_rl.cohort.store import build_table, read_spec, write_cohort
 
-GROUND_TRUTH_FILE = "ground_truth.parquet"
-SIMULATOR_NAME = "sepsis-rl-synthetic-v1"
+if TYPE_CHECKING:
+    from sepsis_rl.cohort.truth import Trajectories
+    from sepsis_rl.eval.policy import Policy
 
-# policy(observed features [n, F], step [n], previous joint action [n] (-1 at admission)) -> actions [n]
-Policy = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+GROUND_TRUTH_FILE = "ground_truth.parquet"
+SIMULATOR_NAME = "sepsis-rl-synthetic-v2"  # v2: calibrated mortality, keyed (common) random numbers
 
 
 def synthetic_spec(seed: int, reward: RewardConfig, config: SimulatorConfig) -> CohortSpec:
@@ -45,70 +45,34 @@ def synthetic_spec(seed: int, reward: RewardConfig, config: SimulatorConfig) -> 
     )
 
 
-def _dose_in_bin(bins_: np.ndarray, edges: tuple[float, ...], top: float, rng: np.random.Generator) -> np.ndarray:
-    lows = np.array([0.0, 0.0, *edges])
-    highs = np.array([0.0, *edges, top])
-    u = rng.random(len(bins_))
-    return np.where(bins_ == 0, 0.0, lows[bins_] + u * (highs[bins_] - lows[bins_]))
-
-
 def synthesize(
     n_patients: int, seed: int, config: SimulatorConfig = SimulatorConfig(), progress: bool = True
 ) -> tuple[dict[str, np.ndarray], PatientBatch]:
-    """Columns of a synthetic cohort (rows sorted by episode, step) and the patients at admission."""
+    """Columns of a synthetic cohort (rows sorted by episode, step) and the patients at admission.
+
+    The cohort is the clinician played in the fair truth engine with the cohort seed (repeat 0), so a
+    truth rollout of the clinician with the same seed reproduces the logged stays exactly.
+    """
+    from sepsis_rl.cohort.truth import play
+    from sepsis_rl.eval.policies import SyntheticClinician
+
     if n_patients < 1:
         raise ValueError(f"--patients must be >= 1, got {n_patients}")
-    rng = np.random.default_rng(seed)
     sim = SepsisSimulator(config)
-    policy = ClinicianPolicy(sim.feature_names)
-    batch = sim.sample_patients(n_patients, rng)
-    admission = batch.copy()
-    style = policy.sample_styles(n_patients, rng)
-    active = np.arange(n_patients)
-    prev_vaso = np.zeros(n_patients, dtype=np.int64)
-    chunks: list[dict[str, np.ndarray]] = []
-    outcome = np.zeros(n_patients, dtype=np.int8)
-    for t in tqdm(range(config.max_steps), desc="synthesising stays (4h steps)", disable=not progress):
-        if active.size == 0:
-            break
-        obs = sim.observe(batch, rng)
-        sub_style = type(style)(style.fluid_bias[active], style.map_target[active])
-        probs = policy.probs(obs, np.full(active.size, t), prev_vaso[active], sub_style)
-        actions = policy.sample(probs, rng)
-        fb, vb = split_action(actions)
-        fluid = _dose_in_bin(fb, SYNTH_FLUID_BINS.edges, FLUID_TOP, rng)
-        vaso = _dose_in_bin(vb, SYNTH_VASO_BINS.edges, VASO_TOP, rng)
-        out = sim.step(batch, fluid, vaso, rng)
-        chunks.append({
-            "episode_id": active.copy(), "step": np.full(active.size, t), "obs": obs,
-            "action_fluid": fb, "action_vaso": vb, "fluid_ml": fluid, "vaso_dose": vaso,
-            "behaviour_prob": probs[np.arange(active.size), actions], "done": out.done,
-        })
-        outcome[active[out.done]] = (out.died | out.post_icu_death)[out.done]
-        prev_vaso[active] = vb
-        keep = ~out.done
-        active = active[keep]
-        batch = out.batch.take(keep)
-    cols = _assemble(chunks, outcome, sim.feature_names, RewardConfig())
+    admission = sim.sample_patients(n_patients, np.random.default_rng(seed))
+    ids = np.arange(n_patients, dtype=np.int64)
+    bar = tqdm(total=config.max_steps, desc="synthesising stays (4h steps)", disable=not progress)
+    traj = play(sim, SyntheticClinician(sim.feature_names, seed), admission, ids, seed, on_step=lambda t, n: bar.update())
+    bar.close()
+    fb, vb = split_action(traj.row_action)
+    cols: dict[str, np.ndarray] = {"episode_id": traj.row_rollout, "step": traj.row_step}
+    cols.update({name: traj.row_state[:, i] for i, name in enumerate(sim.feature_names)})
+    cols.update({"action_fluid": fb, "action_vaso": vb, "fluid_ml": traj.row_fluid_ml, "vaso_dose": traj.row_vaso_dose,
+                 "done": traj.row_done})
+    cols["outcome"] = (~traj.survived).astype(np.int8)[traj.row_rollout]
+    cols["reward"] = episode_rewards(cols["episode_id"], cols["SOFA"], cols["Arterial_lactate"], cols["outcome"], RewardConfig())
+    cols["behaviour_prob"] = traj.row_prob
     return cols, admission
-
-
-def _assemble(
-    chunks: list[dict[str, np.ndarray]], outcome: np.ndarray, names: tuple[str, ...], reward: RewardConfig
-) -> dict[str, np.ndarray]:
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    order = np.lexsort((cat["step"], cat["episode_id"]))
-    cat = {k: v[order] for k, v in cat.items()}
-    obs = cat.pop("obs")
-    cols: dict[str, np.ndarray] = {"episode_id": cat["episode_id"], "step": cat["step"]}
-    cols.update({name: obs[:, i] for i, name in enumerate(names)})
-    cols.update({k: cat[k] for k in ("action_fluid", "action_vaso", "fluid_ml", "vaso_dose", "done")})
-    cols["outcome"] = outcome[cat["episode_id"]]
-    cols["reward"] = episode_rewards(
-        cols["episode_id"], cols["SOFA"], cols["Arterial_lactate"], cols["outcome"], reward
-    )
-    cols["behaviour_prob"] = cat["behaviour_prob"]
-    return cols
 
 
 def synthesize_cohort(
@@ -141,16 +105,21 @@ class GroundTruth:
     simulator: SepsisSimulator
     episode_ids: np.ndarray
     admission: PatientBatch
+    cohort_seed: int = 0
 
     @classmethod
     def load(cls, cohort_dir: str | Path) -> "GroundTruth":
         spec = read_spec(cohort_dir)
         path = Path(cohort_dir) / GROUND_TRUTH_FILE
-        if spec.simulator is None or spec.simulator.get("name") != SIMULATOR_NAME or not path.is_file():
+        if spec.simulator is None or not path.is_file():
             raise ValueError(f"{cohort_dir}: not a synthetic cohort with a ground-truth simulator")
+        if spec.simulator.get("name") != SIMULATOR_NAME:
+            raise ValueError(f"{cohort_dir}: made by simulator {spec.simulator.get('name')!r}, this version judges with "
+                             f"{SIMULATOR_NAME!r}: re-synthesise the cohort (sepsis-rl cohort synth)")
         table = pq.read_table(path)
         config = SimulatorConfig(**spec.simulator.get("config", {}))
-        return cls(SepsisSimulator(config), table.column("episode_id").to_numpy(), PatientBatch.from_table(table))
+        return cls(SepsisSimulator(config), table.column("episode_id").to_numpy(), PatientBatch.from_table(table),
+                   int(spec.simulator.get("seed", 0)))
 
     def patients(self, episode_ids: np.ndarray) -> PatientBatch:
         episode_ids = np.asarray(episode_ids)
@@ -161,67 +130,30 @@ class GroundTruth:
         return self.admission.take(pos)
 
 
-@dataclass
-class RolloutResult:
-    returns: np.ndarray  # undiscounted (or discounted, see gamma) return per rollout
-    lengths: np.ndarray
-    died: np.ndarray
-
-    @property
-    def mean_return(self) -> float:
-        return float(self.returns.mean())
-
-    @property
-    def mortality(self) -> float:
-        return float(self.died.mean())
-
-
-def rollout_policy(
-    sim: SepsisSimulator,
-    policy: Policy,
-    start: PatientBatch,
-    rng: np.random.Generator,
-    reward: RewardConfig = RewardConfig(),
+def true_policy_values(
+    cohort_dir: str | Path,
+    policies: dict[str, "Policy"],
+    split: str = "test",
+    repeats: int = 1,
+    seed: int | None = None,
     gamma: float = 1.0,
-) -> RolloutResult:
-    """Play ``policy`` from ``start`` until every stay ends; rewards as in the cohort (charted SOFA, lactate)."""
-    n = len(start)
-    batch = start.copy()
-    active = np.arange(n)
-    returns = np.zeros(n)
-    lengths = np.zeros(n, dtype=np.int64)
-    died = np.zeros(n, dtype=bool)
-    prev = np.full(n, -1, dtype=np.int64)
-    obs = sim.observe(batch, rng)
-    for t in range(sim.config.max_steps):
-        if active.size == 0:
-            break
-        actions = np.asarray(policy(obs, np.full(active.size, t), prev[active]), dtype=np.int64)
-        out = sim.step_actions(batch, actions, rng)
-        nxt = sim.observe(out.batch, rng)
-        sofa_i, lac_i = sim.feature_names.index("SOFA"), sim.feature_names.index("Arterial_lactate")
-        r = np.where(
-            out.done,
-            terminal_reward(out.died | out.post_icu_death, reward),
-            intermediate_reward(obs[:, sofa_i], nxt[:, sofa_i], obs[:, lac_i], nxt[:, lac_i], reward),
-        )
-        returns[active] += (gamma**t) * r
-        lengths[active] += 1
-        died[active[out.done]] = (out.died | out.post_icu_death)[out.done]
-        prev[active] = actions
-        keep = ~out.done
-        active, batch, obs = active[keep], out.batch.take(keep), nxt[keep]
-    return RolloutResult(returns, lengths, died)
+    max_patients: int | None = None,
+    window: int = 4,
+) -> dict[str, "Trajectories"]:
+    """Every policy's true rollouts on the same patients of ``split`` with common random numbers.
 
-
-def true_policy_value(
-    cohort_dir: str | Path, policy: Policy, split: str = "test", repeats: int = 10, seed: int = 0,
-    reward: RewardConfig = RewardConfig(), gamma: float = 1.0,
-) -> RolloutResult:
-    """Monte-Carlo true value of ``policy`` from the admission states of a split's patients."""
+    ``seed`` defaults to a seed different from the cohort's (the cohort seed would replay the logged
+    clinicians' very draws). A failing policy raises; callers that must go on catch per policy.
+    """
     from sepsis_rl.cohort.store import read_split
+    from sepsis_rl.cohort.truth import play, rollout_ids
 
     truth = GroundTruth.load(cohort_dir)
-    ids = np.unique(read_split(cohort_dir, split).column("episode_id").to_numpy())
-    start = truth.patients(np.tile(ids, repeats))
-    return rollout_policy(truth.simulator, policy, start, np.random.default_rng(seed), reward, gamma)
+    patients = np.unique(read_split(cohort_dir, split).column("episode_id").to_numpy()).astype(np.int64)
+    if max_patients is not None:
+        patients = patients[:max_patients]
+    ids, pids = rollout_ids(patients, repeats)
+    seed = truth.cohort_seed + 1_000_003 if seed is None else seed
+    start = truth.patients(pids)
+    return {name: play(truth.simulator, pol, start, ids, seed, gamma=gamma, window=window, patient_ids=pids)
+            for name, pol in policies.items()}

@@ -47,9 +47,13 @@ class SFTStage:
 
 @dataclass
 class BCStage:
-    """Stage 2, PSR behaviour cloning: whole decisions with the clinician's action as the prescription."""
+    """Stage 2, PSR behaviour cloning: whole decisions (proposal around the clinician's action, the world
+    model's simulation, a prescription). ``target: simulation`` prescribes the candidate whose simulated
+    outcome score is best (what the tool shows the agent; teaches it to use its tool); ``clinician``
+    prescribes the logged action whatever the simulation says (imitation, kept for comparison)."""
 
     traces: int = 128
+    target: str = "simulation"
     epochs: int = 1
     lr: float = 2e-5
     micro_batch: int = 4
@@ -82,7 +86,22 @@ class RLStage:
     eval_every: int = 1
     eval_temperature: float = 0.0  # greedy: the held-out return then moves only when the policy does
     checkpoint_every: int = 2
+    keep_checkpoints: int = 2  # the last K checkpoints stay: a corrupt newest one falls back to the previous
     mismatch_samples: int = 4  # segments whose log-probs are compared learner vs engine after each sync
+
+
+@dataclass
+class EvalStage:
+    """The last stage: ``sepsis-rl evaluate`` on the run (true values, off-policy estimates, safety, baselines)."""
+
+    enabled: bool = True
+    policies: str = ("clinician,random,no_treatment,guideline,wm_planner,wm_planner_k3,wd3qne,cql,bc,agent,"
+                     "agent_no_sim,base_llm_wm")
+    patients: int = 0  # test patients for the true values of non-LLM policies (0: all)
+    llm_patients: int = 50  # test patients for the true values of LLM policies
+    bootstrap: int = 200
+    gamma: float = 0.99
+    baselines: str = "default"  # offline-RL training size: default or tiny
 
 
 @dataclass
@@ -122,6 +141,7 @@ class PipelineConfig:
     sft: SFTStage = field(default_factory=SFTStage)
     bc: BCStage = field(default_factory=BCStage)
     rl: RLStage = field(default_factory=RLStage)
+    evaluate: EvalStage = field(default_factory=EvalStage)
     rollout: RolloutSetup = field(default_factory=RolloutSetup)
     cluster: ClusterSetup = field(default_factory=ClusterSetup)
 
@@ -132,6 +152,10 @@ class PipelineConfig:
             raise ConfigError(f"rl.endings must be expected or sample, got {self.rl.endings!r}")
         if self.rollout.engine not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
+        if self.bc.target not in ("simulation", "clinician"):
+            raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {self.bc.target!r}")
+        if self.evaluate.llm_patients < 2 or self.evaluate.bootstrap < 1 or self.evaluate.patients < 0:
+            raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients >= 0")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
             raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
 

@@ -8,6 +8,7 @@ driver runs on a laptop (``ray.init`` local) and on a cluster (``RAY_ADDRESS`` s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -20,12 +21,15 @@ from typing import Any, Callable
 import ray
 import yaml
 
+from sepsis_rl import storage
 from sepsis_rl.checkpoint import atomic_dir
 from sepsis_rl.curriculum.config import ConfigError, PipelineConfig, dump_config
 from sepsis_rl.curriculum.run_dir import RunDir
+from sepsis_rl.curriculum.run_lock import RunLock
+from sepsis_rl.ray_start import start_ray as _start_ray
 
 log = logging.getLogger(__name__)
-STAGES = ("cohort", "world_model", "sft", "bc", "rl", "final")
+STAGES = ("cohort", "world_model", "sft", "bc", "rl", "final", "evaluate")
 
 
 @dataclass
@@ -43,37 +47,42 @@ def resources_needed(cfg: PipelineConfig) -> float:
 
 
 def start_ray(cfg: PipelineConfig, dashboard: bool) -> bool:
-    """Join the cluster in RAY_ADDRESS, or start a local one large enough for the preset; True if started here."""
-    if ray.is_initialized():
+    """Join the cluster in RAY_ADDRESS, or start a local loopback-only one large enough for the preset."""
+    return _start_ray(max(os.cpu_count() or 2, math.ceil(resources_needed(cfg))), dashboard)
+
+
+def _check_resume(run: RunDir, cfg: PipelineConfig, resume: bool) -> bool:
+    """True if the folder already holds this run (and --resume was asked); refuses anything else."""
+    saved = run.uri("config.yaml")
+    if not storage.exists(saved):
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return True
-    cpus = max(os.cpu_count() or 2, math.ceil(resources_needed(cfg)))
-    ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
+    if not resume:
+        raise FileExistsError(f"{run.location} already holds a run: pass --resume to continue it, or choose another --out")
+    if yaml.safe_load(storage.read_text(saved)) != cfg.to_dict():
+        raise ConfigError(f"{saved} differs from the requested configuration: a resumed run keeps its config")
     return True
-
-
-def _check_resume(run: RunDir, cfg: PipelineConfig, resume: bool) -> None:
-    saved = run.path("config.yaml")
-    if saved.exists():
-        if not resume:
-            raise FileExistsError(f"{run.root} already holds a run: pass --resume to continue it, or choose another --out")
-        if yaml.safe_load(saved.read_text()) != cfg.to_dict():
-            raise ConfigError(f"{saved} differs from the requested configuration: a resumed run keeps its config")
-    else:
-        dump_config(cfg, saved)
 
 
 def run_pipeline(cfg: PipelineConfig, opts: PipelineOptions) -> dict[str, Any]:
     run = RunDir(opts.out_dir)
-    _check_resume(run, cfg, opts.resume)
+    with RunLock(run.root, run.location):
+        return _run_locked(cfg, opts, run)
+
+
+def _run_locked(cfg: PipelineConfig, opts: PipelineOptions, run: RunDir) -> dict[str, Any]:
+    from sepsis_rl.curriculum.visibility import check_run_dir_visible
+
+    existing = _check_resume(run, cfg, opts.resume)
     started = start_ray(cfg, opts.dashboard)
     steps: dict[str, Callable[[PipelineConfig, RunDir, PipelineOptions], tuple[str, dict[str, Any]]]] = {
         "cohort": stage_cohort, "world_model": stage_world_model, "sft": stage_sft, "bc": stage_bc, "rl": stage_rl,
-        "final": stage_final,
+        "final": stage_final, "evaluate": stage_evaluate,
     }
     try:
+        check_run_dir_visible(run.location)  # before anything is written
+        if not existing:
+            dump_config(cfg, run.path("config.yaml"))
+            run.publish_file("config.yaml")
         for name in opts.stages:
             if run.done(name):
                 log.info("stage %s: already done (%s)", name, run.output(name))
@@ -98,27 +107,25 @@ def stage_cohort(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tup
     from sepsis_rl.cohort.synth import synthesize_cohort
 
     if opts.cohort_dir:
-        read_spec(opts.cohort_dir)  # a clear error now rather than in a later stage
-        path = str(Path(opts.cohort_dir).resolve())
+        if storage.is_uri(opts.cohort_dir):
+            out, local = opts.cohort_dir, storage.local_copy(opts.cohort_dir)
+        else:
+            out = local = str(Path(opts.cohort_dir).resolve())
+        read_spec(local)  # a clear error now rather than in a later stage
     else:
-        path = str(synthesize_cohort(run.path("cohort"), cfg.cohort.patients, seed=cfg.cohort.seed, overwrite=True))
-    d = describe_cohort(path)
-    return path, {k: d[k] for k in ("episodes", "steps", "mortality", "mean_return") if k in d}
+        local = str(synthesize_cohort(run.path("cohort"), cfg.cohort.patients, seed=cfg.cohort.seed, overwrite=True))
+        run.publish("cohort")
+        out = run.uri("cohort")
+    d = describe_cohort(local)
+    return out, {k: d[k] for k in ("episodes", "steps", "mortality", "mean_return") if k in d}
 
 
 def stage_world_model(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
-    from world_model.checkpoint import save_world_model
-    from world_model.evaluate import EvalConfig, evaluate_world_model
-    from world_model.presets import get_preset
-    from world_model.train import train_world_model
+    """Trained and evaluated in a resourced Ray task (any node), written through the storage layer."""
+    from sepsis_rl.curriculum.remote_tasks import train_world_model_remote
 
-    cohort = run.output("cohort")
-    result = train_world_model(cohort, get_preset(cfg.world_model.preset))
-    metrics = evaluate_world_model(result.model, cohort, EvalConfig(counterfactual=False))
-    out = save_world_model(result.model, run.path("world_model"), info={"train": result.summary(), "metrics": metrics},
-                           overwrite=True)
-    keep = ("state_mae", "persistence_mae", "vent_auroc", "outcome_auroc", "outcome_auprc")
-    return str(out), {"train_s": result.seconds, **{k: metrics[k] for k in keep if k in metrics}}
+    out = run.uri("world_model")
+    return out, train_world_model_remote(cfg, run.output("cohort"), out)
 
 
 def base_model_path(cfg: PipelineConfig, run: RunDir) -> str:
@@ -132,7 +139,8 @@ def base_model_path(cfg: PipelineConfig, run: RunDir) -> str:
                 for f in (tmp / "m").iterdir():
                     f.rename(tmp / f.name)
                 (tmp / "m").rmdir()
-        return str(out)
+            run.publish("base_model")
+        return run.uri("base_model")
     return resolve_base_model(cfg.base_model)
 
 
@@ -144,7 +152,7 @@ def _supervised(cfg: PipelineConfig, run: RunDir, stage: str, init: str, train, 
     group = LearnerGroup(learner_config(cfg.cluster, init, "sft", lr, micro, ga, cfg.seed))
     try:
         metrics = train_supervised(group, train, heldout, epochs, cfg.seed, run, stage)
-        group.export(str(run.path(stage, "model")))
+        group.export(run.uri(stage, "model"))
     finally:
         group.shutdown()
     return metrics
@@ -157,64 +165,41 @@ def stage_sft(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[
     from sepsis_rl.curriculum.dynamics_sft import dynamics_samples
 
     init = base_model_path(cfg, run)
-    tok = AutoTokenizer.from_pretrained(init)
-    cohort = run.output("cohort")
+    tok = AutoTokenizer.from_pretrained(storage.local_copy(init))
+    cohort = run.local("cohort")
     train = dynamics_samples(CohortRows.load(cohort, "train"), tok, cfg.sft.samples, cfg.seed)
     heldout = dynamics_samples(CohortRows.load(cohort, "val"), tok, cfg.sft.heldout_samples, cfg.seed + 1)
     metrics = _supervised(cfg, run, "sft", init, train, heldout, cfg.sft.lr, cfg.sft.micro_batch, cfg.sft.grad_accum,
                           cfg.sft.epochs)
-    return str(run.path("sft", "model")), {"base_model": init, **metrics}
-
-
-def _psr_agent(cfg: PipelineConfig, model_path: str | None, run: RunDir, temperature: float):
-    from dataclasses import replace
-
-    from transformers import AutoTokenizer
-
-    from sepsis_rl.cohort.store import read_spec
-    from sepsis_rl.curriculum.rl_stage import agent_config
-    from sepsis_rl.rollout.psr import PSRAgent
-    from sepsis_rl.rollout.transformers_engine import TransformersEngine
-    from world_model.checkpoint import load_world_model
-    from world_model.simulation import SimulationConfig, WorldModelSimulator
-
-    spec = read_spec(run.output("cohort"))
-    acfg = replace(agent_config(cfg), temperature=temperature)
-    engine = TransformersEngine(model_path) if model_path else None
-    tok = engine.tokenizer if engine else AutoTokenizer.from_pretrained(run.output("sft"))
-    model = load_world_model(run.output("world_model"))
-    sim = WorldModelSimulator(model, SimulationConfig(max_steps=cfg.rl.max_steps, seed=cfg.seed))
-    return PSRAgent(engine, tok, spec, acfg), sim, model.window
+    return run.uri("sft", "model"), {"base_model": run.relative(init), **metrics}
 
 
 def stage_bc(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
+    """Traces and the before/after held-out evaluation run as resourced Ray tasks; the learner trains on the traces."""
     from sepsis_rl.curriculum.cohort_rows import CohortRows
-    from sepsis_rl.curriculum.psr_traces import heldout_decisions, majority_rate, psr_traces
+    from sepsis_rl.curriculum.psr_traces import majority_rate
+    from sepsis_rl.curriculum.remote_tasks import bc_decisions_remote, bc_traces_remote
 
-    cohort, init = run.output("cohort"), run.output("sft")
-    rows, val = CohortRows.load(cohort, "train"), CohortRows.load(cohort, "val")
-    heldout_rows = CohortRows.load(cohort, cfg.heldout_split)
-    agent, sim, window = _psr_agent(cfg, None, run, 1.0)
-    train = psr_traces(rows, agent, sim, window, cfg.bc.traces, cfg.seed)
-    heldout = psr_traces(val, agent, sim, window, max(cfg.bc.traces // 8, 4), cfg.seed + 1)
-    before_agent, *_ = _psr_agent(cfg, init, run, 0.0)
-    before = heldout_decisions(heldout_rows, before_agent, sim, window, cfg.bc.eval_states, cfg.seed)
-    del before_agent
+    cohort, init, wm = run.output("cohort"), run.output("sft"), run.output("world_model")
+    train, heldout = bc_traces_remote(cfg, init, cohort, wm)
+    before = bc_decisions_remote(cfg, init, cohort, wm)
     metrics = _supervised(cfg, run, "bc", init, train, heldout, cfg.bc.lr, cfg.bc.micro_batch, cfg.bc.grad_accum, cfg.bc.epochs)
-    after_agent, *_ = _psr_agent(cfg, str(run.path("bc", "model")), run, 0.0)
-    after = heldout_decisions(heldout_rows, after_agent, sim, window, cfg.bc.eval_states, cfg.seed)
+    after = bc_decisions_remote(cfg, run.uri("bc", "model"), cohort, wm)
+    local = run.local("cohort")
     metrics.update({
         "action_accuracy": after["accuracy"], "action_accuracy_before": before["accuracy"],
         "parse_failure_rate": after["parse_failure_rate"], "parse_failure_rate_before": before["parse_failure_rate"],
-        "heldout_decisions": after["decisions"], **majority_rate(rows, heldout_rows),
+        "heldout_decisions": after["decisions"],
+        **majority_rate(CohortRows.load(local, "train"), CohortRows.load(local, cfg.heldout_split)),
     })
-    return str(run.path("bc", "model")), metrics
+    return run.uri("bc", "model"), metrics
 
 
 def stage_rl(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
     from sepsis_rl.curriculum.rl_stage import RLInputs, RLStage
 
-    inputs = RLInputs(run.output("bc"), run.output("cohort"), run.output("world_model"), str(run.path("rl", "model")))
+    inputs = RLInputs(run.output("bc"), run.output("cohort"), run.output("world_model"), run.uri("rl", "model"),
+                      local_cohort=run.local("cohort"))
     stage = RLStage(cfg, run, inputs)
     try:
         metrics = stage.run_all()
@@ -224,8 +209,25 @@ def stage_rl(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[s
     return inputs.out_model, metrics
 
 
+def _feature_medians(cohort: str) -> dict[str, float]:
+    """Train-split medians per feature: what a served request's missing values are imputed with."""
+    import numpy as np
+
+    from sepsis_rl.cohort.store import read_spec, read_split, table_features
+
+    spec = read_spec(cohort)
+    med = np.nanmedian(table_features(read_split(cohort, "train", spec), spec), axis=0)
+    return {n: float(v) for n, v in zip(spec.feature_names, med)}
+
+
 def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
-    """Package the agent and put its held-out return next to the clinician's and a random policy's."""
+    """Package the agent and put its held-out return next to the clinician's and a random policy's.
+
+    ``agent/`` is self-contained (paths in agent.yaml are relative to it): the policy, the world model,
+    the cohort spec and the imputation medians; serving and evaluation need nothing else.
+    """
+    from sepsis_rl.cohort.store import SPEC_FILE
+
     rl = run.summary["stages"]["rl"]
     history = rl["history"]
     evaluated = [h for h in history if "heldout_mean_cohort_return" in h]
@@ -237,14 +239,55 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
         **{f"{name}_mortality": b["mortality"] for name, b in rl["baselines"].items()},
         "episodes": last["heldout_episodes"],
     }
-    out = run.path("agent")
-    with atomic_dir(out) as tmp:
-        shutil.copytree(run.output("rl"), tmp / "model")
-        shutil.copytree(run.output("world_model"), tmp / "world_model")
+    cohort = run.local("cohort")
+    with atomic_dir(run.path("agent")) as tmp:
+        shutil.copytree(run.local("rl"), tmp / "model")
+        shutil.copytree(run.local("world_model"), tmp / "world_model")
+        shutil.copy(Path(cohort) / SPEC_FILE, tmp / "cohort.json")
+        (tmp / "feature_medians.json").write_text(json.dumps(_feature_medians(cohort), indent=1))
         (tmp / "agent.yaml").write_text(yaml.safe_dump({
-            "model": "model", "world_model": "world_model", "cohort": run.output("cohort"),
+            "model": "model", "world_model": "world_model", "cohort_spec": "cohort.json",
+            "feature_medians": "feature_medians.json",
             "agent": {"k": cfg.rollout.k, "horizon": cfg.rollout.horizon, "temperature": 0.0},
             "config": cfg.to_dict(),
         }, sort_keys=False))
+    run.publish("agent")
+    comparison["value_kind"] = ("in-model: the learned world model the agent trains in and consults, "
+                                f"{comparison['episodes']} held-out patients, {cfg.rl.max_steps} decisions; "
+                                "see summary.evaluation for true values")
     run.set_summary("heldout_comparison", comparison)
-    return str(out), dict(comparison)
+    return run.uri("agent"), dict(comparison)
+
+
+HEADLINE = ("agent", "clinician", "random", "wm_planner", "wm_planner_k3")
+
+
+def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
+    """``sepsis-rl evaluate`` on this run; its headline (true value and DR) goes into summary.json."""
+    from sepsis_rl.eval.evaluate import EvalConfig
+    from sepsis_rl.eval.registry import Sources
+    from sepsis_rl.eval.run import run_evaluation, write_outputs
+
+    if not cfg.evaluate.enabled:
+        return run.uri("eval"), {"skipped": True}
+    e = cfg.evaluate
+    ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
+                      patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_patients,
+                      gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines, engine=cfg.rollout.engine)
+    report = run_evaluation(Sources.from_run(run.root), ecfg)  # the local (staged) run folder
+    with atomic_dir(run.path("eval")) as tmp:
+        write_outputs(report, tmp)
+    run.publish("eval")
+    headline = {}
+    for name in HEADLINE:
+        p = report["policies"].get(name)
+        if p is None:
+            continue
+        t, dr = p.get("true"), p.get("ope", {}).get("dr")
+        headline[name] = {"status": p["status"], "true_return": t and t["return"], "true_return_ci": t and t["return_ci"],
+                          "true_survival": t and t["survival"], "true_survival_ci": t and t["survival_ci"],
+                          "true_patients": t and t["n_patients"], "dr": dr and dr.get("value"), "dr_ci": dr and dr.get("ci")}
+    run.set_summary("evaluation", {"value_kinds": "true = ground-truth simulator; dr = off-policy estimate (logged "
+                                   "test stays, 95% bootstrap CI)", "gamma": e.gamma, "policies": headline})
+    failed = [n for n, p in report["policies"].items() if p["status"] != "ok"]
+    return run.uri("eval"), {"policies": len(report["policies"]), "failed": failed}

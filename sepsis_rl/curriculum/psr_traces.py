@@ -1,9 +1,11 @@
 """Stage 2 data: complete propose-simulate-refine decisions built from the cohort, and their held-out check.
 
 For a logged state the trace is: observation -> ``<propose>`` K candidates -> the *real* world model's
-simulation of each -> ``<prescribe>`` the clinician's action. Candidates follow a documented rule
-(``alternative_candidates``): the clinician's action and K-1 of its clinical neighbours, in random
-order so that a candidate's position says nothing about which one is prescribed. Tool-output tokens
+simulation of each -> ``<prescribe>`` one of them. Candidates follow a documented rule
+(``alternative_candidates``): the clinician's action and K-1 of its clinical neighbours, up and down in
+either drug, in random order so that a candidate's position says nothing about which one is prescribed.
+The prescription (``target``) is either the candidate with the best simulated outcome score, computed
+only from what the tool output shows (``prescription_by_simulation``), or the clinician's action. Tool-output tokens
 carry no loss; the tokens are laid out exactly as ``PSRAgent.decide`` lays them out at rollout time.
 """
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from sepsis_rl.agent.fallback import default_candidates
 from sepsis_rl.agent.grammar import render_prescription, render_proposal
-from sepsis_rl.agent.prompts import render_simulation
+from sepsis_rl.agent.prompts import render_result
 from sepsis_rl.curriculum.cohort_rows import CohortRows
 from sepsis_rl.learner.batch import Sample
 from sepsis_rl.rollout.episodes import EpisodeRecord
@@ -32,11 +34,17 @@ def alternative_candidates(action: int, k: int, rng: np.random.Generator) -> lis
     return picks
 
 
+def prescription_by_simulation(candidates: list[int], expected_return: np.ndarray) -> int:
+    """The candidate with the highest expected outcome score shown by the tool (ties: the first listed)."""
+    return int(candidates[int(np.argmax(np.round(np.asarray(expected_return), 1)))])
+
+
 def _histories(rows: CohortRows, idx: np.ndarray, window: int) -> np.ndarray:
     return np.stack([rows.history(int(i), window) for i in idx])
 
 
-def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int) -> list[Sample]:
+def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int,
+               target: str = "simulation") -> list[Sample]:
     rng = np.random.default_rng(seed)
     cfg = agent.cfg
     out: list[Sample] = []
@@ -44,18 +52,20 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
     for lo in range(0, len(idx_all), CHUNK):
         idx = idx_all[lo:lo + CHUNK]
         ids = np.arange(lo, lo + len(idx), dtype=np.int64)
-        sim.reset(ids, _histories(rows, idx, window))
+        sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
         cands = np.array([alternative_candidates(int(rows.action[i]), cfg.k, rng) for i in idx], dtype=np.int64)
         res = sim.simulate(ids, cands, cfg.horizon) if cfg.use_simulator else None
         for j, i in enumerate(idx):
             prev, last = rows.previous(int(i))
             obs = agent.renderer.render(rows.states[i], prev, int(rows.step[i]), last)
             proposal = tool = ""
+            chosen = int(rows.action[i])
             if res is not None:
                 proposal = render_proposal(list(cands[j]))
-                tool = render_simulation(list(cands[j]), res.map[j], res.lactate[j], res.sofa[j], res.risk_of_death[j],
-                                         res.uncertainty[j], agent._current(rows.states[i]))
-            seg = agent.teacher_segment(obs, render_prescription(int(rows.action[i])), proposal, tool)
+                tool = render_result(res, j, list(cands[j]), agent._current(rows.states[i]))
+                if target == "simulation":
+                    chosen = prescription_by_simulation(list(cands[j]), res.expected_return[j])
+            seg = agent.teacher_segment(obs, render_prescription(chosen), proposal, tool)
             out.append(Sample(seg.tokens, seg.loss_mask, value_index=seg.prompt_length - 1))
         sim.release(ids)
     return out
@@ -69,7 +79,7 @@ def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window:
     for lo in range(0, len(idx_all), batch):
         idx = idx_all[lo:lo + batch]
         ids = np.arange(10**12 + lo, 10**12 + lo + len(idx), dtype=np.int64)
-        states = sim.reset(ids, _histories(rows, idx, window))
+        states = sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
         prevs, lasts = zip(*(rows.previous(int(i)) for i in idx))
         records = [EpisodeRecord(int(e), int(e), int(i), agent.cfg.use_simulator) for e, i in zip(ids, idx)]
         actions = agent.decide(sim, ids, np.asarray(states, dtype=np.float64), list(prevs), list(lasts),

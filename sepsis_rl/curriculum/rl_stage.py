@@ -5,8 +5,9 @@ simulate, refine inside the world model) -> the learner scores the episodes' tok
 log-prob mismatch, and PPO's values) -> advantages (group-normalised returns, or GAE over decisions) ->
 one pass of clipped policy-gradient updates -> weights to the engines -> learner vs engine log-prob
 check after the sync -> every ``eval_every`` iterations, greedy episodes from fixed held-out start
-states. Every ``checkpoint_every`` iterations an atomic DeepSpeed checkpoint (model, optimizer, RNG,
-iteration, history) lets a killed run continue where it stopped.
+states. Every ``checkpoint_every`` iterations a verified checkpoint (``checkpoints.py``: every rank's
+model/optimizer/RNG state as weights_only tensors, iteration, history; the last K kept) lets a killed
+run continue where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow as pa
 import ray
 from tqdm.auto import tqdm
 
-from sepsis_rl.checkpoint import replace_dir
+from sepsis_rl.curriculum.checkpoints import CheckpointStore
 from sepsis_rl.curriculum.config import PipelineConfig
 from sepsis_rl.curriculum.run_dir import RunDir
 from sepsis_rl.curriculum.supervised import learner_config
@@ -43,6 +44,10 @@ class RLInputs:
     cohort_dir: str
     world_model_dir: str
     out_model: str  # where the trained policy is exported
+    local_cohort: str = ""  # the cohort as a local path for the driver (the locations above are for actors)
+
+    def __post_init__(self) -> None:
+        self.local_cohort = self.local_cohort or self.cohort_dir
 
 
 def agent_config(cfg: PipelineConfig) -> AgentConfig:
@@ -83,8 +88,8 @@ class RLStage:
             clip_eps=rl.clip_eps, kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, gamma=rl.gamma,
             lam=rl.lam))
         self.sync = make_weight_sync(cl.weight_sync)
-        self.checkpoint = run.path("rl", "checkpoints", "latest")
-        self.eval_idx, _ = eval_starts(cfg, inputs.cohort_dir, rl.eval_states)
+        self.checkpoints = CheckpointStore(run.uri("rl", "checkpoints"), keep=rl.keep_checkpoints)
+        self.eval_idx, _ = eval_starts(cfg, inputs.local_cohort, rl.eval_states)
 
     # ----------------------------------------------------------------------------- one iteration
     def rollouts(self, iteration: int) -> tuple[pa.Table, float]:
@@ -142,24 +147,19 @@ class RLStage:
 
     # ----------------------------------------------------------------------------------- driver
     def save(self, iteration: int, history: list[dict[str, Any]]) -> None:
-        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        self.learner.save(str(tmp), {"iteration": iteration, "history": history, "config": self.cfg.to_dict()})
-        replace_dir(tmp, self.checkpoint)
+        client = {"iteration": iteration, "history": history, "config": self.cfg.to_dict()}
+        self.checkpoints.save(iteration, self.learner.save, client)
 
     def run_all(self) -> dict[str, Any]:
         rl = self.cfg.rl
         start, history = 0, []
-        if self.checkpoint.exists():
-            client = self.learner.load(str(self.checkpoint))
+        resumed = self.checkpoints.resume(self.learner.load)
+        if resumed:
+            where, client = resumed
             start, history = int(client["iteration"]), list(client["history"])
             self.sync.sync(self.learner, self.workers)  # the engines start from the checkpoint's weights
-            log.info("resumed RL from %s at iteration %d", self.checkpoint, start)
-            self.run.log("rl", event="resumed", iteration=start)
+            log.info("resumed RL from %s at iteration %d", where, start)
+            self.run.log("rl", event="resumed", iteration=start, checkpoint=self.run.relative(where))
         if start == 0:
             base = {"iteration": 0, **self.evaluate()}
             history.append(base)
@@ -182,8 +182,8 @@ class RLStage:
         from sepsis_rl.cohort.store import read_spec
         from sepsis_rl.curriculum.baselines import clinician_policy, play_policy, random_policy
 
-        names = read_spec(self.inputs.cohort_dir).feature_names
-        idx, states = eval_starts(self.cfg, self.inputs.cohort_dir, self.cfg.rl.eval_states)
+        names = read_spec(self.inputs.local_cohort).feature_names
+        idx, states = eval_starts(self.cfg, self.inputs.local_cohort, self.cfg.rl.eval_states)
         parts = np.array_split(np.arange(len(idx)), len(self.workers))
         ids = np.concatenate([EVAL_ID_BASE + w * EPISODE_ID_STRIDE + np.arange(len(p)) for w, p in enumerate(parts)])
         out = {"random": play_policy(self.pool, random_policy(self.cfg.seed), states, ids)}

@@ -2,21 +2,30 @@
 
 ```
 RUN_DIR/config.yaml        the resolved configuration (a resumed run must match it)
-RUN_DIR/state.json         completed stages and their outputs (rewritten atomically after each stage)
+RUN_DIR/state.json         completed stages and their outputs, *relative to RUN_DIR* (rewritten atomically)
 RUN_DIR/metrics.jsonl      one JSON object per logged event (stage, iteration, metrics)
 RUN_DIR/summary.json       per-stage metrics, for people and for the evaluation/serving tools
-RUN_DIR/cohort/ world_model/ sft/model/ bc/model/ rl/model/ rl/checkpoints/
-RUN_DIR/agent/             the final agent: HF checkpoint (model/), world model, agent config
+RUN_DIR/.lock              the live run's PID and host (``run_lock.py``)
+RUN_DIR/cohort/ world_model/ sft/model/ bc/model/ rl/model/ rl/checkpoints/iter-NNNNNN/
+RUN_DIR/agent/             the final agent, self-contained: model/, world_model/, cohort.json, agent.yaml
 ```
+
+Every path recorded inside a run folder is relative to it, so the folder can be copied, moved or synced
+to object storage and resumed there: a copy continues from *its own* models. The root is a location
+(``storage.py``): a path, or a URI whose stage outputs are produced in a local staging folder and
+uploaded before ``state.json`` names them (the commit record, written last).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from sepsis_rl import storage
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -35,32 +44,83 @@ def _jsonable(x: Any) -> Any:
 
 class RunDir:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.location = str(root) if storage.is_uri(root) else str(Path(root).absolute())
+        self.remote = storage.is_uri(self.location)
+        if self.remote:  # outputs are produced here, then uploaded; the logs are mirrored after each write
+            key = hashlib.sha256(self.location.encode()).hexdigest()[:24]
+            self.root = storage.cache_root() / "staging" / key
+        else:
+            self.root = storage.local_path(self.location)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.state_file, self.summary_file = self.root / "state.json", self.root / "summary.json"
-        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
-        self.summary: dict[str, Any] = json.loads(self.summary_file.read_text()) if self.summary_file.exists() else {"stages": {}}
+        self.state = self._load("state.json")
+        self.summary = self._load("summary.json")
+        if self.remote and storage.exists(self.uri("metrics.jsonl")):
+            (self.root / "metrics.jsonl").write_bytes(storage.read_bytes(self.uri("metrics.jsonl")))
 
+    def _load(self, name: str) -> dict[str, Any]:
+        loc = self.uri(name)
+        return json.loads(storage.read_text(loc)) if storage.exists(loc) else {"stages": {}}
+
+    def _save(self, name: str, data: Any) -> None:
+        storage.write_text(self.uri(name), json.dumps(data, indent=2, default=_jsonable))
+
+    # ---------------------------------------------------------------------------------- places
     def path(self, *parts: str) -> Path:
+        """A local path to produce ``parts`` in (the run folder itself, or the staging folder of a URI run)."""
         return self.root.joinpath(*parts)
 
+    def uri(self, *parts: str) -> str:
+        """The location of ``parts`` that remote actors read and write (a path, or a URI)."""
+        return storage.join(self.location, *parts)
+
+    def relative(self, location: str | os.PathLike) -> str:
+        """``location`` relative to the run folder when it lies inside it; an outside input (``--cohort``) stays absolute."""
+        s = str(location)
+        for base in (self.location, str(self.root)):
+            if s == base or s.startswith(base.rstrip("/") + "/"):
+                return s[len(base):].strip("/") or "."
+        return s
+
+    def publish(self, *parts: str) -> None:
+        """Upload a folder produced under ``path(parts)`` to the run's URI (nothing to do for a local run)."""
+        if self.remote:
+            storage.upload_dir(self.path(*parts), self.uri(*parts))
+
+    def publish_file(self, *parts: str) -> None:
+        if self.remote:
+            storage.write_bytes(self.uri(*parts), self.path(*parts).read_bytes())
+
+    # ----------------------------------------------------------------------------------- state
     def done(self, stage: str) -> bool:
         return stage in self.state["stages"]
 
     def output(self, stage: str) -> str:
-        return self.state["stages"][stage]["output"]
+        """The stage's output location (resolved against this run folder, wherever it now lives)."""
+        out = self.state["stages"][stage]["output"]
+        return out if storage.is_uri(out) or os.path.isabs(out) else self.uri(out)
+
+    def local(self, stage: str) -> str:
+        """The stage's output as a local path (downloaded once per node for a URI run)."""
+        out = self.output(stage)
+        if self.remote and out.startswith(self.location):
+            staged = self.path(self.relative(out))
+            if staged.exists():
+                return str(staged)
+        return storage.local_copy(out)
 
     def complete(self, stage: str, output: str, metrics: dict[str, Any]) -> None:
-        """Record a finished stage (its output already written atomically) and its metrics."""
+        """Record a finished stage (its output already written whole) and its metrics; state.json is the commit."""
         self.summary["stages"][stage] = metrics
-        write_json_atomic(self.summary_file, self.summary)
-        self.state["stages"][stage] = {"output": str(output), "finished": time.time()}
-        write_json_atomic(self.state_file, self.state)
+        self._save("summary.json", self.summary)
+        self.state["stages"][stage] = {"output": self.relative(output), "finished": time.time()}
+        self._save("state.json", self.state)
 
     def set_summary(self, key: str, value: Any) -> None:
         self.summary[key] = value
-        write_json_atomic(self.summary_file, self.summary)
+        self._save("summary.json", self.summary)
 
     def log(self, stage: str, **metrics: Any) -> None:
         with open(self.root / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"ts": time.time(), "stage": stage, **metrics}, default=_jsonable) + "\n")
+        if self.remote:  # object stores have no append: the whole (small) log is re-put
+            storage.write_bytes(self.uri("metrics.jsonl"), (self.root / "metrics.jsonl").read_bytes())

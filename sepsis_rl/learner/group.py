@@ -88,11 +88,12 @@ class LearnerGroup:
     def export(self, out_dir: str) -> None:
         self._all("export", out_dir)
 
-    def save(self, path: str, client_state: dict[str, Any]) -> None:
-        self._all("save", path, client_state)
+    def save(self, location: str) -> list[dict[str, Any]]:
+        """Every rank writes its state under ``location``; returns each file's name, size and SHA-256."""
+        return self._all("save", location)
 
-    def load(self, path: str) -> dict[str, Any]:
-        return self._all("load", path)[0]
+    def load(self, location: str) -> None:
+        self._all("load", location)
 
     def shutdown(self) -> None:
         try:

@@ -8,7 +8,6 @@ then lines up. DeepSpeed is imported inside the actor, after its environment is 
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 from pathlib import Path
@@ -79,14 +78,17 @@ class LearnerWorkerImpl:
         from sepsis_rl.learner.policy import PolicyModel
 
         deepspeed.init_distributed(dist_backend="nccl" if cfg.on_gpu else "gloo", verbose=False)
-        tok = AutoTokenizer.from_pretrained(cfg.model_path)
+        from sepsis_rl import storage
+
+        self.model_path = storage.local_copy(cfg.model_path)  # a URI run folder: downloaded once per node
+        tok = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-        model = PolicyModel.from_pretrained(cfg.model_path, value_head=cfg.algorithm == "ppo", dtype=dtype)
+        model = PolicyModel.from_pretrained(self.model_path, value_head=cfg.algorithm == "ppo", dtype=dtype)
         if cfg.gradient_checkpointing:
             model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.kl_coef > 0 and cfg.algorithm != "sft":
-            self.ref = PolicyModel.from_pretrained(cfg.model_path, dtype=dtype).eval().requires_grad_(False)
+            self.ref = PolicyModel.from_pretrained(self.model_path, dtype=dtype).eval().requires_grad_(False)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                                config=cfg.deepspeed_config())
         if self.ref is not None:
@@ -196,29 +198,35 @@ class LearnerWorkerImpl:
             return
         from transformers import AutoTokenizer
 
-        from sepsis_rl.checkpoint import atomic_dir
+        from sepsis_rl import storage
 
-        with atomic_dir(out_dir) as tmp:
+        with storage.writing_dir(out_dir) as tmp:
             lm = self.engine.module.lm
             lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            AutoTokenizer.from_pretrained(self.cfg.model_path).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(tmp)
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, path: str, client_state: dict[str, Any]) -> None:
-        """Model, optimizer and scheduler shards of every rank, plus this rank's RNG states."""
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        self.engine.save_checkpoint(path, tag="state", save_latest=False, client_state={**client_state, "rng": rng, "updates": self.updates})
+    def save(self, location: str) -> dict[str, Any]:
+        """Write this rank's state to ``location/rank<r>.pt`` (weights_only-loadable); returns its size and SHA-256."""
+        import hashlib
 
-    def load(self, path: str) -> dict[str, Any]:
-        _, client = self.engine.load_checkpoint(path, tag="state", load_module_strict=True)
-        if client is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
-        rng = client.pop("rng")
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        self.updates = int(client.get("updates", 0))
-        return client
+        from sepsis_rl import storage
+        from sepsis_rl.learner.state import dumps, engine_state, rng_state
+
+        data = dumps({**engine_state(self.engine), "rng": rng_state(), "updates": self.updates})
+        name = f"rank{self.rank}.pt"
+        storage.write_bytes(storage.join(location, name), data)
+        return {"file": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def load(self, location: str) -> None:
+        """Restore this rank from ``location/rank<r>.pt`` (every rank at once: ZeRO re-gathers the weights)."""
+        from sepsis_rl import storage
+        from sepsis_rl.learner.state import loads, restore_engine_state, set_rng_state
+
+        state = loads(storage.read_bytes(storage.join(location, f"rank{self.rank}.pt")))
+        restore_engine_state(self.engine, state)
+        set_rng_state(state["rng"])
+        self.updates = int(state["updates"])
 
     def report(self, metrics: dict[str, float]) -> None:
         """Publish iteration metrics to the Ray dashboard (``sepsis_rl/learner/metrics.py``)."""

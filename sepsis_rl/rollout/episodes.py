@@ -17,6 +17,7 @@ DECISION_TYPE = pa.struct([
     ("step", pa.int32()),
     ("candidates", pa.list_(pa.int8())),
     ("candidate_risk", pa.list_(pa.float32())),
+    ("candidate_return", pa.list_(pa.float32())),  # expected outcome score the tool showed per candidate
     ("action", pa.int8()),
     ("proposal_failure", pa.string()),  # "" when the proposal parsed
     ("prescription_failure", pa.string()),

@@ -9,6 +9,7 @@ import ray
 
 from sepsis_rl.agent.fallback import Fallback
 from sepsis_rl.models import resolve_base_model
+from sepsis_rl.ray_start import start_ray
 from sepsis_rl.rollout.psr import AgentConfig
 from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig
 from world_model.pool import PoolConfig, SimulatorPool
@@ -17,9 +18,7 @@ from world_model.simulation import SimulationConfig
 
 def run_rollout(args: argparse.Namespace) -> pa.Table:
     model_path = resolve_base_model(args.model)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=max(2, args.workers + args.shards), include_dashboard=False, log_to_driver=False)
+    started = start_ray(max(2, args.workers + args.shards))  # loopback-only unless RAY_ADDRESS names a cluster
     try:
         pool = SimulatorPool(args.world_model, SimulationConfig(max_steps=args.max_steps, seed=args.seed),
                              PoolConfig(num_shards=args.shards, num_cpus_per_shard=0.5))

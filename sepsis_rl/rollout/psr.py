@@ -17,7 +17,7 @@ import numpy as np
 
 from sepsis_rl.agent.fallback import Fallback, default_candidates, fallback_prescription
 from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE, parse_prescription, parse_proposal
-from sepsis_rl.agent.prompts import ObservationRenderer, render_simulation, system_prompt
+from sepsis_rl.agent.prompts import ObservationRenderer, render_result, system_prompt
 from sepsis_rl.agent.shaping import SafetyRules, ShapingConfig
 from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
 from sepsis_rl.cohort.spec import CohortSpec
@@ -99,7 +99,7 @@ class PSRAgent:
         segments = [Segment(prompt_length=len(p)) for p in prompts]
         for seg, p in zip(segments, prompts):
             seg.add(p, generated=False)
-        decisions = [{"step": t, "candidates": [], "candidate_risk": [], "proposal_failure": "", "prescription_failure": "",
+        decisions = [{"step": t, "candidates": [], "candidate_risk": [], "candidate_return": [], "proposal_failure": "", "prescription_failure": "",
                       "proposal_text": "", "prescription_text": "", "observation": o, "tool_output": ""}
                      for t, o in zip(steps, obs_texts)]
         risks: list[np.ndarray | None] = [None] * len(ids)
@@ -118,10 +118,10 @@ class PSRAgent:
             sim_res = sim.simulate(ids, np.array(cands, dtype=np.int64), cfg.horizon)
             sim_s = time.perf_counter() - t0
             for i in range(len(ids)):
-                tool = render_simulation(cands[i], sim_res.map[i], sim_res.lactate[i], sim_res.sofa[i],
-                                         sim_res.risk_of_death[i], sim_res.uncertainty[i], self._current(states[i]))
-                risks[i] = sim_res.risk_of_death[i]
-                decisions[i].update(tool_output=tool, candidate_risk=[float(r) for r in sim_res.risk_of_death[i]])
+                tool = render_result(sim_res, i, cands[i], self._current(states[i]))
+                risks[i] = -sim_res.expected_return[i]  # the best-candidate fallback takes the lowest "risk"
+                decisions[i].update(tool_output=tool, candidate_risk=[float(r) for r in sim_res.risk_of_death[i]],
+                                    candidate_return=[float(r) for r in sim_res.expected_return[i]])
                 segments[i].add(self._encode(self._tool_block(obs_texts[i], decisions[i]["proposal_text"], tool)), False)
             for r in records:
                 r.simulate_s += sim_s / len(records)

@@ -9,7 +9,7 @@ the episode schema. Dashboard metrics: ``sepsis_rl_rollout_decisions_per_s``,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -55,10 +55,14 @@ class RolloutWorkerImpl:
         import torch
 
         torch.set_num_threads(config.threads)
-        self.worker_id, self.config, self.sim = worker_id, config, simulator
-        self.spec = read_spec(config.cohort_dir)
+        from sepsis_rl import storage
         from sepsis_rl.rollout.starts import StartStates
 
+        self.worker_id, self.sim = worker_id, simulator
+        # locations (paths or URIs) become this node's local paths: a URI run folder is downloaded once per node
+        config = replace(config, cohort_dir=storage.local_copy(config.cohort_dir), model_path=storage.local_copy(config.model_path))
+        self.config = config
+        self.spec = read_spec(config.cohort_dir)
         self.starts = StartStates.from_cohort(config.cohort_dir, config.split)
         self.engine = make_engine(config.engine, config.model_path, **config.engine_options)
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, self.spec, config.agent)

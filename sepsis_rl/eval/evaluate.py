@@ -1,0 +1,236 @@
+"""``sepsis-rl evaluate``: every policy's off-policy estimates beside its true value, safety and the report.
+
+Each policy is evaluated in its own Ray task (a failure is reported with its error; the others finish):
+1. its probabilities at every logged test row (LLM policies: the first ``llm_ope_episodes`` stays) ->
+   IS / WIS / PDIS / WPDIS / FQE / DR / WDR with bootstrap CIs and ESS (*off-policy estimates*);
+2. safety metrics and action tables on the logged states (the policy's choice in the clinicians' situations);
+3. for cohorts with a ground truth: full stays from the test patients' admission in the true simulator, with
+   common random numbers (*true* value), and safety on its own trajectories;
+4. with a world model: the policy played in the learned world model (*in-model* value, labelled as such).
+The driver pairs every true value with the clinician's on the same patients and writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sepsis_rl.eval.llm_policy import LLMProbConfig
+from sepsis_rl.eval.registry import BASELINE_NAMES, DEFAULT_POLICIES, LLM_POLICIES, Sources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    split: str = "test"
+    patients: int | None = None  # test patients for true values of non-LLM policies (None: all)
+    llm_patients: int = 50  # test patients for true values of LLM policies (decisions are slow on CPU)
+    llm_ope_episodes: int = 50  # logged test stays on which LLM policies give probabilities
+    repeats: int = 1
+    gamma: float = 0.99
+    n_boot: int = 200
+    seed: int = 0
+    baselines: str = "default"  # baseline training size: "default" or "tiny" (tests)
+    llm_probs: LLMProbConfig = field(default_factory=LLMProbConfig)
+    engine: str = "transformers"
+    behaviour: str = "logged"  # "logged" propensities, or "estimate" them (imported cohorts)
+    fqe: bool = True
+    window: int = 4
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.n_boot < 1 or not 0 < self.gamma <= 1 or self.llm_patients < 1:
+            raise ValueError("repeats, n_boot and llm_patients must be >= 1 and gamma in (0, 1]")
+        if self.behaviour not in ("logged", "estimate"):
+            raise ValueError(f"behaviour must be 'logged' or 'estimate', got {self.behaviour!r}")
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def load_logged(sources: Sources, cfg: EvalConfig, split: str, max_episodes: int | None = None) -> Any:
+    """A split's logged data, with behaviour propensities (logged, or estimated on train/val if asked)."""
+    from sepsis_rl.cohort.validation import CohortInputError
+    from sepsis_rl.eval.logged import LoggedData
+
+    data = LoggedData.from_cohort(sources.cohort, split, max_episodes)
+    if data.behaviour_prob is None:
+        if cfg.behaviour != "estimate":
+            raise CohortInputError(f"{sources.cohort}: the cohort has no behaviour_prob column (logged propensities); "
+                                   "pass --behaviour estimate to fit an estimated behaviour policy for off-policy estimates")
+        policy, _ = _behaviour_estimate(sources, cfg)
+        data.behaviour_prob = _prob_of_logged(policy, data, cfg.window)
+    return data
+
+
+def _behaviour_estimate(sources: Sources, cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
+    from sepsis_rl.eval.baselines.behaviour_estimate import estimate_behaviour
+    from sepsis_rl.eval.logged import LoggedData
+
+    train, val = LoggedData.from_cohort(sources.cohort, "train"), LoggedData.from_cohort(sources.cohort, "val")
+    return estimate_behaviour(train, val, cfg.baselines)
+
+
+def _prob_of_logged(policy: Any, data: Any, window: int) -> np.ndarray:
+    probs = policy_probs(policy, data, window)
+    return probs[np.arange(len(data)), data.actions]
+
+
+def policy_probs(policy: Any, data: Any, window: int, batch: int = 2048) -> np.ndarray:
+    """[N, 25] the policy's probabilities at every logged row (stays presented in order, per-stay state kept)."""
+    from sepsis_rl.eval.policy import check_probs
+
+    out = np.zeros((len(data), 25))
+    policy.begin(np.unique(data.episode_ids))
+    for step in np.unique(data.steps):  # step by step, so a stateful policy sees each stay's decisions in order
+        rows = np.flatnonzero(data.steps == step)
+        for lo in range(0, len(rows), batch):
+            r = rows[lo:lo + batch]
+            out[r] = check_probs(policy.action_probs(data.decisions(r, window)), len(r), policy.name)
+    return out
+
+
+def build_policy(name: str, sources: Sources, cfg: EvalConfig, truth: Any | None) -> Any:
+    """Construct (and for offline RL, train on train / select on val) one policy."""
+    from sepsis_rl.cohort.store import read_spec
+    from sepsis_rl.eval import policies as P
+
+    spec = read_spec(sources.cohort)
+    names = tuple(spec.feature_names)
+    if name == "clinician":
+        if truth is not None:
+            return P.SyntheticClinician(names, truth.cohort_seed)
+        policy, _ = _behaviour_estimate(sources, cfg)
+        policy.name = "clinician"
+        return policy
+    if name == "random":
+        return P.RandomPolicy()
+    if name == "no_treatment":
+        return P.no_treatment()
+    if name in BASELINE_NAMES:
+        from sepsis_rl.eval.baselines import build_baseline
+        from sepsis_rl.eval.logged import LoggedData
+
+        train, val = LoggedData.from_cohort(sources.cohort, "train"), load_logged(sources, cfg, "val")
+        return build_baseline(name, train, val, cfg.baselines)
+    if name.startswith("wm_planner") or name.startswith("oracle"):
+        from sepsis_rl.eval.planners import TrueSimulatorPlanner, WorldModelPlanner
+
+        mode = "clinician3" if name.endswith("_k3") else "all"
+        proposer = build_policy("clinician", sources, cfg, truth) if mode == "clinician3" else None
+        if name.startswith("oracle"):
+            return TrueSimulatorPlanner(truth.simulator, mode, proposer, seed=cfg.seed, name=name)
+        from world_model.checkpoint import load_world_model
+
+        return WorldModelPlanner(load_world_model(sources.world_model), mode, 1, proposer, name=name)
+    if name in LLM_POLICIES:
+        return _llm(name, sources, cfg, spec)
+    raise ValueError(f"unknown policy {name!r}")
+
+
+def _llm(name: str, sources: Sources, cfg: EvalConfig, spec: Any) -> Any:
+    from sepsis_rl.eval.llm_policy import LLMPolicy
+    from sepsis_rl.models import resolve_base_model
+    from world_model.checkpoint import load_world_model
+
+    model = {"agent": sources.agent_model, "agent_no_sim": sources.agent_model, "after_sft": sources.sft_model,
+             "after_bc": sources.bc_model}.get(name) or resolve_base_model(sources.base_model)
+    use_sim = name not in ("agent_no_sim", "base_llm")
+    wm = load_world_model(sources.world_model) if use_sim else None
+    k, horizon = int(sources.agent_cfg.get("k", 3)), int(sources.agent_cfg.get("horizon", 3))
+    return LLMPolicy(name, str(model), spec, wm, k, horizon, use_sim, cfg.engine, cfg.llm_probs, cfg.seed)
+
+
+# ------------------------------------------------------------------------------------- one policy
+def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]:
+    """Everything about one policy (runs inside a Ray task); raises on failure."""
+    from sepsis_rl.eval.offpolicy import OPEConfig, off_policy_estimates
+    from sepsis_rl.eval.safety import action_table, dose_by_state, safety_metrics
+
+    t0 = time.perf_counter()
+    truth = _truth_or_none(sources.cohort)
+    policy = build_policy(name, sources, cfg, truth)
+    is_llm = name in LLM_POLICIES
+    data = load_logged(sources, cfg, cfg.split, cfg.llm_ope_episodes if is_llm else None)
+    names = data.feature_names
+    out: dict[str, Any] = {"status": "ok", "error": None, "n_decisions": 0, "ope": {}, "safety": {}}
+    if not getattr(policy, "truth_only", False):  # oracles need hidden states: no logged-data estimates
+        probs = policy_probs(policy, data, cfg.window)
+        est = off_policy_estimates(data, probs, OPEConfig(gamma=cfg.gamma, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                          use_fqe=cfg.fqe))
+        out.update({
+            "n_decisions": int(len(data)), "n_ope_episodes": int(len(np.unique(data.episode_ids))),
+            "ope": {k: _estimate_dict(v) for k, v in est.items()},
+            "safety": _rates(safety_metrics(data.states, names, data.last_actions(), probs, mode="expected")),
+            "action_table": action_table(probs), "dose_by_state": dose_by_state(data.states, names, probs),
+        })
+        if sources.world_model is not None:
+            out["ope"]["wm"] = _in_model(policy, sources, cfg, data, is_llm)
+    if truth is not None:
+        play = policy.with_epsilon(0.0) if hasattr(policy, "with_epsilon") else policy
+        traj = _true_rollouts(play, sources, cfg, cfg.llm_patients if is_llm else cfg.patients)
+        out["truth_arrays"] = {"patients": traj.patient_ids.tolist(), "returns": traj.returns.tolist(),
+                               "survived": traj.survived.astype(int).tolist()}
+        out["safety_true"] = _rates(safety_metrics(traj.row_state, names, traj.row_prev_action, traj.row_action, mode="argmax"))
+        out["action_table_true"] = action_table(traj.row_action)
+    if hasattr(policy, "stats"):
+        out["llm"] = policy.stats()
+    if hasattr(policy, "info"):
+        out["info"] = _jsonable(policy.info)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _truth_or_none(cohort: str) -> Any | None:
+    from sepsis_rl.cohort.synth import GroundTruth
+
+    try:
+        return GroundTruth.load(cohort)
+    except ValueError:
+        return None
+
+
+def _true_rollouts(policy: Any, sources: Sources, cfg: EvalConfig, patients: int | None) -> Any:
+    from sepsis_rl.cohort.synth import true_policy_values
+
+    seed = None if cfg.seed == 0 else cfg.seed
+    return true_policy_values(sources.cohort, {policy.name: policy}, cfg.split, cfg.repeats, seed, cfg.gamma,
+                              patients, cfg.window)[policy.name]
+
+
+def _in_model(policy: Any, sources: Sources, cfg: EvalConfig, data: Any, is_llm: bool) -> dict[str, Any]:
+    from sepsis_rl.eval.in_model import in_model_value
+    from sepsis_rl.eval.ope import mean_estimate
+    from world_model.checkpoint import load_world_model
+
+    first = data.episode_starts()
+    n = cfg.llm_patients if is_llm else (cfg.patients or len(first))
+    first = first[:n]
+    values = in_model_value(policy, load_world_model(sources.world_model), data.states[first], data.episode_ids[first],
+                            cfg.gamma, seed=cfg.seed)
+    return _estimate_dict(mean_estimate(values, cfg.n_boot, cfg.seed))
+
+
+def _estimate_dict(e: Any) -> dict[str, Any]:
+    d = e.to_dict() if hasattr(e, "to_dict") else asdict(e)
+    return {"value": d.get("value"), "ci": list(d.get("ci") or [None, None]), "ess": d.get("ess")}
+
+
+def _rates(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s.get(k) for k in ("g1", "g2", "underdosing", "overdosing")} | {"n_at_risk": s.get("n_at_risk", {})}
+
+
+def _jsonable(x: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def failed(name: str, error: BaseException) -> dict[str, Any]:
+    msg = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    log.error("policy %s failed: %s\n%s", name, msg, "".join(traceback.format_exception(error))[-2000:])
+    return {"status": "failed", "error": msg, "ope": {}, "true": None, "safety": {}, "n_decisions": 0}

@@ -1,0 +1,124 @@
+"""Run the evaluation of many policies in parallel Ray tasks and assemble ``report.json``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sepsis_rl.eval.evaluate import EvalConfig, evaluate_one, failed
+from sepsis_rl.eval.registry import LLM_POLICIES, Sources
+
+log = logging.getLogger(__name__)
+REFERENCE = "clinician"
+
+
+def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.policies`` (the clinician always, as the reference); returns the report dict."""
+    import ray
+    from tqdm import tqdm
+
+    names = list(dict.fromkeys([REFERENCE, *cfg.policies]))
+    started = False
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        started = True
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(evaluate_one)
+        refs = {task.remote(n, sources, cfg): n for n in names}
+        results: dict[str, dict[str, Any]] = {}
+        with tqdm(total=len(refs), desc="evaluating policies") as bar:
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=task_timeout_s)
+                if not done:
+                    for r in pending:
+                        results[refs[r]] = failed(refs[r], TimeoutError(f"no result within {task_timeout_s} s"))
+                        ray.cancel(r, force=True)
+                    break
+                name = refs[done[0]]
+                try:
+                    results[name] = ray.get(done[0])
+                except Exception as e:  # noqa: BLE001 - one policy's failure must not stop the others
+                    results[name] = failed(name, getattr(e, "cause", None) or e)
+                bar.set_postfix_str(f"{name}: {results[name]['status']}")
+                bar.update()
+    finally:
+        if started:
+            ray.shutdown()
+    return assemble(sources, cfg, {n: results[n] for n in names})
+
+
+def assemble(sources: Sources, cfg: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Pair every true value with the clinician's on the same patients; drop the raw arrays."""
+    ref = results.get(REFERENCE, {}).get("truth_arrays")
+    policies: dict[str, Any] = {}
+    for name, r in results.items():
+        arrays = r.pop("truth_arrays", None)
+        r["true"] = paired_truth(arrays, ref) if arrays is not None else None
+        r["kind"] = "llm" if name in LLM_POLICIES else "classic"
+        policies[name] = r
+    return {"cohort": sources.cohort, "run_dir": sources.run_dir, "split": cfg.split, "gamma": cfg.gamma,
+            "logged_clinician": logged_clinician(sources, cfg),
+            "n_episodes": _n_episodes(policies), "repeats": cfg.repeats, "n_boot": cfg.n_boot,
+            "llm_probability": {"mode": cfg.llm_probs.mode, "epsilon": cfg.llm_probs.epsilon, "samples": cfg.llm_probs.samples},
+            "value_kinds": {"true": "ground-truth simulator, common random numbers, full stays from admission",
+                            "ope": "off-policy estimates from the logged test stays (bootstrap 95% CI over patients, ESS)",
+                            "wm": "in-model: the policy played in the learned world model (never a headline)"},
+            "policies": policies}
+
+
+def logged_clinician(sources: Sources, cfg: EvalConfig) -> dict[str, Any]:
+    """The logged test stays' own discounted return and survival (the clinician's on-policy value, 95% CI):
+    re-simulated from admission in the truth it must agree with the clinician's true value within CIs."""
+    from sepsis_rl.cohort.truth import mean_ci
+    from sepsis_rl.eval.logged import LoggedData
+
+    data = LoggedData.from_cohort(sources.cohort, cfg.split)
+    r, r_ci = mean_ci(data.returns(cfg.gamma))
+    s, s_ci = mean_ci(1.0 - data.outcome[data.episode_starts()])
+    return {"return": r, "return_ci": list(r_ci), "survival": s, "survival_ci": list(s_ci),
+            "n_episodes": int(len(data.episode_starts()))}
+
+
+def paired_truth(arrays: dict[str, list], ref: dict[str, list] | None) -> dict[str, Any]:
+    """True return/survival with CIs, and the paired difference to the clinician on the same patients."""
+    from sepsis_rl.cohort.truth import mean_ci
+
+    pids, ret, surv = (np.asarray(arrays[k], dtype=np.float64) for k in ("patients", "returns", "survived"))
+    up, p_ret, p_surv = _per_patient(pids, ret, surv)
+    r, r_ci = mean_ci(p_ret)
+    s, s_ci = mean_ci(p_surv)
+    out: dict[str, Any] = {"return": r, "return_ci": list(r_ci), "survival": s, "survival_ci": list(s_ci),
+                           "n_patients": int(len(up))}
+    if ref is not None:
+        rp, rr, rs = _per_patient(*(np.asarray(ref[k], dtype=np.float64) for k in ("patients", "returns", "survived")))
+        pos = np.searchsorted(rp, up)
+        if (pos >= len(rp)).any() or not np.array_equal(rp[np.minimum(pos, len(rp) - 1)], up):
+            raise ValueError("the clinician was not evaluated on every patient of this policy")
+        d, d_ci = mean_ci(p_ret - rr[pos])
+        ds, ds_ci = mean_ci(p_surv - rs[pos])
+        out.update(diff_return_vs_clinician=d, diff_return_ci=list(d_ci), diff_survival_vs_clinician=ds,
+                   diff_survival_ci=list(ds_ci), clinician_return_same_patients=float(rr[pos].mean()),
+                   clinician_survival_same_patients=float(rs[pos].mean()))
+    return out
+
+
+def _per_patient(pids: np.ndarray, ret: np.ndarray, surv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    up, inv = np.unique(pids, return_inverse=True)
+    cnt = np.bincount(inv)
+    return up, np.bincount(inv, weights=ret) / cnt, np.bincount(inv, weights=surv) / cnt
+
+
+def _n_episodes(policies: dict[str, Any]) -> int:
+    return max((p.get("n_ope_episodes", 0) for p in policies.values()), default=0)
+
+
+def write_outputs(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    from sepsis_rl.eval.report import write_report
+
+    return write_report(report, out_dir)
