@@ -17,13 +17,14 @@ from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.curriculum.config import ConfigError
 from sepsis_rl.curriculum.run_lock import RunLockedError
 from sepsis_rl.curriculum.visibility import RunDirNotSharedError
+from sepsis_rl.deploy.submit import SubmitError
 from sepsis_rl.errors import UserError, one_line, user_error
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
-    RunLockedError, RunDirNotSharedError,
+    RunLockedError, RunDirNotSharedError, SubmitError,
     UserError, PermissionError, NotADirectoryError, IsADirectoryError,
 )
 
@@ -32,12 +33,13 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from sepsis_rl.curriculum.cli import register as register_curriculum
+    from sepsis_rl.deploy.submit import register as register_submit
     from sepsis_rl.eval.cli import register as register_evaluate
     from sepsis_rl.rollout.cli import register as register_rollout
     from world_model.cli import register as register_world_model
 
     return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum,
-            register_evaluate]
+            register_evaluate, register_submit]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,7 +93,7 @@ class RolloutWorkerImpl:
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, self.spec, config.agent)
         self._next = 0
         self._starts_by_split = {config.split: self.starts}
-        self.metrics = _metrics() if ray.is_initialized() else None
+        self.metrics = _metrics(self.worker_id) if ray.is_initialized() else None
 
     def ping(self) -> int:
         """Ready check: raises the construction error, if any; returns the worker id."""
@@ -189,14 +189,23 @@ class RolloutWorkerImpl:
         self.metrics["failures"].set(failures / max(per * decisions, 1))
 
 
-def _metrics() -> dict[str, Any]:
+def _metrics(worker_id: int) -> dict[str, Any]:
     from ray.util import metrics
 
-    return {
-        "decisions": metrics.Gauge("sepsis_rl_rollout_decisions_per_s", "decisions per second of a rollout worker"),
-        "tokens": metrics.Gauge("sepsis_rl_rollout_tokens_per_s", "generated tokens per second of a rollout worker"),
-        "failures": metrics.Gauge("sepsis_rl_rollout_parse_failure_rate", "share of unparseable agent outputs"),
+    from sepsis_rl.telemetry import run_tags
+
+    keys = ("run_id", "worker")
+    out = {
+        "decisions": metrics.Gauge("sepsis_rl_rollout_decisions_per_s", "decisions per second of a rollout worker",
+                                   tag_keys=keys),
+        "tokens": metrics.Gauge("sepsis_rl_rollout_tokens_per_s", "generated tokens per second of a rollout worker",
+                                tag_keys=keys),
+        "failures": metrics.Gauge("sepsis_rl_rollout_parse_failure_rate", "share of unparseable agent outputs",
+                                  tag_keys=keys),
     }
+    for m in out.values():
+        m.set_default_tags(run_tags(worker=str(worker_id)))
+    return out
 
 
 RolloutWorker = ray.remote(RolloutWorkerImpl)
