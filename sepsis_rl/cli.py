@@ -17,12 +17,15 @@ from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.curriculum.config import ConfigError
 from sepsis_rl.curriculum.run_lock import RunLockedError
 from sepsis_rl.curriculum.visibility import RunDirNotSharedError
+from sepsis_rl.deploy.submit import SubmitError
+from sepsis_rl.errors import UserError, one_line, user_error
 from sepsis_rl.models import ModelFetchError
 from sepsis_rl.models_cli import register as register_models
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CohortInputError, CohortFormatError, ConfigError, FileExistsError, FileNotFoundError, ModelFetchError,
-    RunLockedError, RunDirNotSharedError,
+    RunLockedError, RunDirNotSharedError, SubmitError,
+    UserError, PermissionError, NotADirectoryError, IsADirectoryError,
 )
 
 Registrar = Callable[[argparse._SubParsersAction], None]
@@ -30,13 +33,14 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from sepsis_rl.curriculum.cli import register as register_curriculum
+    from sepsis_rl.deploy.submit import register as register_submit
     from sepsis_rl.eval.cli import register as register_evaluate
     from sepsis_rl.rollout.cli import register as register_rollout
     from serve.cli import register as register_serve
     from world_model.cli import register as register_world_model
 
     return [register_cohort, register_models, register_world_model, register_rollout, register_curriculum,
-            register_evaluate, register_serve]
+            register_evaluate, register_submit, register_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        print(f"sepsis-rl: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # also a user error raised inside a Ray actor: printed as the actor's own line
+        print(f"sepsis-rl: error: {one_line(user_error(e, USER_ERRORS) or e)}", file=sys.stderr)
         return 2
 
 

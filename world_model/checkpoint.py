@@ -83,9 +83,31 @@ def load_world_model(model_dir: str | os.PathLike) -> WorldModel:
         spec = CohortSpec.from_dict(config["spec"]) if config.get("spec") else None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: invalid {CONFIG_FILE}: {e}") from e
-    net = DynamicsEnsemble(model_cfg, layout)
+    _check_normalizer(norm, layout, Path(model_dir) / CONFIG_FILE)
     try:
-        net.load_state_dict(load_file(str(weights)), strict=True)
-    except (RuntimeError, OSError, SafetensorError) as e:
-        raise CheckpointError(f"{model_dir}: unreadable weights or weights that do not match the config: {e}") from e
+        net = DynamicsEnsemble(model_cfg, layout)
+        tensors = load_file(str(weights))
+        net.load_state_dict(tensors, strict=True)
+    except (RuntimeError, OSError, SafetensorError, ValueError) as e:
+        msg = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{weights}: unreadable weights or weights that do not match the config: {msg}") from e
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise CheckpointError(f"{weights}: tensor {name!r} has NaN or infinite values (a diverged or corrupted model)")
     return WorldModel(net, model_cfg, layout, norm, spec)
+
+
+def _check_normalizer(norm: Normalizer, layout: FeatureLayout, where: Path) -> None:
+    """Every statistic has one entry per feature (or per dynamic feature), finite, with positive scales."""
+    import math
+
+    n, n_dyn = layout.n_features, len(layout.dynamic)
+    sizes = {"log": n, "mean": n, "std": n, "raw_mean": n, "raw_std": n, "delta_mean": n_dyn, "delta_std": n_dyn}
+    for key, size in sizes.items():
+        values = getattr(norm, key)
+        if len(values) != size:
+            raise CheckpointError(f"{where}: normalizer.{key} has {len(values)} entries, the layout needs {size}")
+        if key != "log" and not all(math.isfinite(v) for v in values):
+            raise CheckpointError(f"{where}: normalizer.{key} has NaN or infinite values")
+        if key.endswith("std") and min(values, default=1.0) <= 0:
+            raise CheckpointError(f"{where}: normalizer.{key} has a non-positive scale")

@@ -42,8 +42,13 @@ def _train(args: argparse.Namespace) -> int:
     from world_model.presets import get_preset
     from world_model.train import train_world_model
 
+    from sepsis_rl.cohort.store import read_cohort
+    from sepsis_rl.errors import check_writable
+
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_writable(args.out, "model folder")
+    read_cohort(args.cohort, splits=("train", "val"))  # a corrupt cohort fails now, not after set-up
     overrides = {"progress": not args.no_progress}
     if args.max_minutes is not None:
         if args.max_minutes <= 0:
@@ -66,6 +71,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.cf_patients is not None and args.cf_patients < 1:
         raise CohortInputError(f"--cf-patients must be >= 1, got {args.cf_patients}")
+    from sepsis_rl.errors import check_writable
+
+    check_writable(args.out or Path(args.model) / "metrics.json", "metrics file")
     model = load_world_model(args.model)
     cfg = EvalConfig(split=args.split, counterfactual=not args.no_counterfactual,
                      cf_patients=args.cf_patients, seed=args.seed)

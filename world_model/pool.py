@@ -57,6 +57,11 @@ class _Record:
     actions: list[int] = field(default_factory=list)
 
 
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else text
+
+
 def _concat(results: list[Any], order: np.ndarray) -> Any:
     """Stitch per-shard results back into the caller's episode order."""
     merged = type(results[0])(**{k: np.concatenate([getattr(r, k) for r in results]) for k in results[0].__dict__})
@@ -81,6 +86,7 @@ class SimulatorPool:
 
             if not storage.exists(storage.join(str(model_dir), "config.json")):
                 raise FileNotFoundError(f"{model_dir} is not a world-model folder (no config.json)")
+            load_model(str(model_dir))  # a corrupt model fails here, in one line, not as shards dying on restart
             model_factory = functools.partial(load_model, str(model_dir))
         self.config = config
         self.sim_config = sim_config
@@ -139,7 +145,9 @@ class SimulatorPool:
             for i, ref in refs.items():
                 try:
                     results[i] = ray.get(ref, timeout=self.config.call_timeout_s)
-                except RayActorError:
+                except RayActorError as e:
+                    if getattr(e, "actor_init_failed", False):  # the model does not load: restarting cannot help
+                        raise RuntimeError(f"simulator shard {i} could not start: {_last_line(str(e))}") from None
                     failed.append(i)
             if not failed:
                 break

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sepsis_rl.curriculum.config import ConfigError
 from world_model.data import DataConfig
 from world_model.losses import LossConfig
 from world_model.network import ModelConfig
@@ -37,8 +38,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_minutes <= 0:
-            raise ValueError(f"invalid training config: {self}")
+        checks = (("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("patience", self.patience >= 1, ">= 1"), ("min_delta", self.min_delta >= 0, ">= 0"),
+                  ("max_minutes", self.max_minutes > 0, "> 0"),
+                  ("device", self.device in ("cpu", "cuda", "auto"), "one of cpu, cuda, auto"),
+                  ("threads", self.threads is None or self.threads >= 1, ">= 1 or None"))
+        for key, ok, meaning in checks:
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"world-model train.{key} must be {meaning}, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,11 @@ _PRESETS: dict[str, Preset] = {
 def get_preset(name: str = "cpu", arch: str | None = None, seed: int | None = None, **train_overrides) -> Preset:
     """A named preset, optionally with another architecture, seed or training fields."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESET_NAMES)})")
+        raise ConfigError(f"unknown world-model preset {name!r} (choose from {', '.join(PRESET_NAMES)})")
     p = _PRESETS[name]
-    model = replace(p.model, arch=arch or DEFAULT_ARCH)
-    train = replace(p.train, **({"seed": seed} if seed is not None else {}), **train_overrides)
+    try:
+        model = replace(p.model, arch=arch or DEFAULT_ARCH)
+        train = replace(p.train, **({"seed": seed} if seed is not None else {}), **train_overrides)
+    except TypeError as e:  # an unknown override key
+        raise ConfigError(f"world-model preset {name!r}: {e}") from None
     return replace(p, model=model, train=train)

@@ -21,13 +21,16 @@ from world_model.simulation import SimulationConfig, SimulationResult, StepResul
 def _metrics(shard_id: int) -> dict[str, Any]:
     from ray.util import metrics
 
-    tags = {"shard": str(shard_id)}
+    from sepsis_rl.telemetry import run_tags
+
+    tags = run_tags(shard=str(shard_id))
+    keys = ("run_id", "shard")
     out = {
-        "steps": metrics.Counter("sepsis_rl_sim_steps_total", "simulated patient-steps", tag_keys=("shard",)),
+        "steps": metrics.Counter("sepsis_rl_sim_steps_total", "simulated patient-steps", tag_keys=keys),
         "batch": metrics.Histogram("sepsis_rl_sim_batch_size", "rows per forward pass",
-                                   boundaries=[1, 4, 16, 64, 256, 1024, 4096], tag_keys=("shard",)),
-        "queue": metrics.Gauge("sepsis_rl_sim_queue_depth", "requests waiting for a batch", tag_keys=("shard",)),
-        "rate": metrics.Gauge("sepsis_rl_sim_steps_per_s", "patient-steps per second", tag_keys=("shard",)),
+                                   boundaries=[1, 4, 16, 64, 256, 1024, 4096], tag_keys=keys),
+        "queue": metrics.Gauge("sepsis_rl_sim_queue_depth", "requests waiting for a batch", tag_keys=keys),
+        "rate": metrics.Gauge("sepsis_rl_sim_steps_per_s", "patient-steps per second", tag_keys=keys),
     }
     for m in out.values():
         m.set_default_tags(tags)

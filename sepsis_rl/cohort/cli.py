@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--out", required=True, help="cohort folder to create")
     imp.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--clip-implausible", action="store_true",
+                     help="clip values outside a feature's plausible range (counted in the report) instead of failing")
     imp.set_defaults(func=_import)
 
     desc = csub.add_parser("describe", help="summarise a cohort folder")
@@ -47,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from sepsis_rl.cohort.synth import synthesize_cohort
 
-    if args.patients < 1:
-        raise CohortInputError(f"--patients must be >= 1, got {args.patients}")
+    from sepsis_rl.errors import check_writable
+
+    if args.patients < 3:
+        raise CohortInputError(f"--patients must be >= 3 (every split needs a patient), got {args.patients}")
+    check_writable(args.out, "cohort folder")
     t0 = time.perf_counter()
     out = synthesize_cohort(args.out, args.patients, args.seed, overwrite=args.overwrite)
     print(f"wrote synthetic cohort of {args.patients} patients to {out} in {time.perf_counter() - t0:.1f}s")
@@ -59,8 +64,17 @@ def _import(args: argparse.Namespace) -> int:
     from sepsis_rl.cohort.importers import import_cohort
 
     t0 = time.perf_counter()
-    out = import_cohort(args.format, args.input, args.out, args.spec, seed=args.seed, overwrite=args.overwrite)
+    from sepsis_rl.cohort.store import read_spec
+    from sepsis_rl.errors import check_writable
+
+    check_writable(args.out, "cohort folder")
+    out = import_cohort(args.format, args.input, args.out, args.spec, seed=args.seed, overwrite=args.overwrite,
+                        clip_implausible=args.clip_implausible)
     print(f"imported {args.input} ({args.format}) into {out} in {time.perf_counter() - t0:.1f}s")
+    clipped = read_spec(out).extra.get("clipped_implausible", {})
+    if clipped:
+        print(f"clipped {sum(clipped.values())} implausible value(s) to their feature's range: "
+              + ", ".join(f"{k} {v}" for k, v in clipped.items()))
     return 0
 
 

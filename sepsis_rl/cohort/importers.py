@@ -29,7 +29,7 @@ from sepsis_rl.cohort.spec import ActionBins, CohortSpec, FeatureSpec
 from sepsis_rl.cohort.splits import split_episodes
 from sepsis_rl.cohort.store import build_table, write_cohort
 from sepsis_rl.cohort.validation import (
-    CohortInputError, Located, check_binary, check_bins, check_episode_structure, check_nonnegative,
+    CohortInputError, Located, check_binary, check_bins, check_episode_structure, check_nonnegative, check_range,
     integer_column, numeric_column, require_columns,
 )
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 GENERIC_SPEC_KEYS = ("episode_column", "step_column", "features", "action", "outcome_column", "reward_column")
 GENERIC_REQUIRED_KEYS = ("episode_column", "step_column", "features", "action", "outcome_column")
 FEATURE_KEYS = ("column", "unit", "kind", "static")
+OPTIONAL_FEATURE_KEYS = ("range",)  # [low, high] of physiologically possible values
 ACTION_BIN_KEYS = ("fluid_bin_column", "vaso_bin_column")
 ACTION_DOSE_KEYS = ("fluid_dose_column", "vaso_dose_column")
 
@@ -55,6 +56,14 @@ class ImportMapping:
     vaso_column: str
     action_is_binned: bool
     reward_column: str | None = None
+
+    def role_columns(self) -> dict[str, str]:
+        """Columns with a role other than state feature: none of them may also be declared a feature."""
+        roles = {self.episode_column: "episode", self.step_column: "step", self.outcome_column: "outcome",
+                 self.fluid_column: "fluid action", self.vaso_column: "vasopressor action"}
+        if self.reward_column:
+            roles[self.reward_column] = "reward"
+        return roles
 
     @property
     def required_columns(self) -> list[str]:
@@ -131,11 +140,13 @@ def generic_mapping(spec_path: Path) -> ImportMapping:
             f"{loc}: no 'reward_column', so the features must include SOFA (one of {', '.join(SOFA_ALIASES)}) "
             f"and lactate in mmol/L (one of {', '.join(LACTATE_ALIASES)}) to compute the reward"
         )
-    return ImportMapping(
+    mapping = ImportMapping(
         source="generic", episode_column=raw["episode_column"], step_column=raw["step_column"],
         features=features, outcome_column=raw["outcome_column"], fluid_column=fluid, vaso_column=vaso,
         action_is_binned=binned, reward_column=reward_column,
     )
+    check_roles(mapping, loc)
+    return mapping
 
 
 def _expect_str(value: Any, where: str) -> None:
@@ -149,24 +160,59 @@ def _parse_features(raw: Any, loc: str) -> tuple[FeatureSpec, ...]:
     out: list[FeatureSpec] = []
     for i, item in enumerate(raw):
         where = f"{loc}: features[{i}]"
-        if not isinstance(item, dict) or sorted(item) != sorted(FEATURE_KEYS):
+        if not isinstance(item, dict) or sorted(set(item) - set(OPTIONAL_FEATURE_KEYS)) != sorted(FEATURE_KEYS):
             got = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise CohortInputError(f"{where} must have exactly the keys {', '.join(FEATURE_KEYS)}, got {got}")
+            raise CohortInputError(f"{where} must have the keys {', '.join(FEATURE_KEYS)} "
+                                   f"(and optionally {', '.join(OPTIONAL_FEATURE_KEYS)}), got {got}")
         _expect_str(item["column"], f"{where}.column")
         if item["kind"] not in ("continuous", "binary"):
             raise CohortInputError(f"{where}.kind must be 'continuous' or 'binary', got {item['kind']!r}")
         if not isinstance(item["static"], bool):
             raise CohortInputError(f"{where}.static must be true or false, got {item['static']!r}")
-        out.append(FeatureSpec(item["column"], str(item["unit"]), item["kind"], static=item["static"]))
+        lo, hi = _parse_range(item.get("range"), f"{where}.range")
+        out.append(FeatureSpec(item["column"], str(item["unit"]), item["kind"], static=item["static"],
+                               plausible_low=lo, plausible_high=hi))
     dup = [n for n in {f.name for f in out} if sum(f.name == n for f in out) > 1]
     if dup:
         raise CohortInputError(f"{loc}: feature column {dup[0]!r} is listed twice")
     return tuple(out)
 
 
+def _parse_range(raw: Any, where: str) -> tuple[float | None, float | None]:
+    """``range: [low, high]`` (either may be null for unbounded); absent = no range check."""
+    if raw is None:
+        return None, None
+    ok = isinstance(raw, list) and len(raw) == 2 and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)) for v in raw)
+    if not ok:
+        raise CohortInputError(f"{where} must be [low, high] (numbers, or null for unbounded), got {raw!r}")
+    lo, hi = raw
+    if lo is not None and hi is not None and not lo < hi:
+        raise CohortInputError(f"{where} [{lo}, {hi}] is empty (low must be < high)")
+    return lo, hi
+
+
+def check_roles(mapping: ImportMapping, where: str) -> None:
+    """Outcome, episode, step, action and reward columns are not state: as features they would leak or alias."""
+    roles = mapping.role_columns()
+    reserved = {c: "cohort" for c in ("episode_id", "step", "action_fluid", "action_vaso", "fluid_ml", "vaso_dose",
+                                       "reward", "done", "outcome", "behaviour_prob", "source_episode_id")}
+    for f in mapping.features:
+        if f.name in roles:
+            raise CohortInputError(f"{where}: feature {f.name!r} is the {roles[f.name]} column and cannot be a state feature")
+        if f.name in reserved:
+            raise CohortInputError(f"{where}: feature {f.name!r} clashes with the cohort format's own {f.name!r} column")
+
+
 # ----------------------------------------------------------------------------------- the shared path
-def import_table(df: pd.DataFrame, path: Path, mapping: ImportMapping, seed: int = 0) -> tuple[dict, CohortSpec]:
-    """Validate ``df`` and convert it to split tables + spec. Raises CohortInputError on bad input."""
+def import_table(
+    df: pd.DataFrame, path: Path, mapping: ImportMapping, seed: int = 0, clip_implausible: bool = False,
+) -> tuple[dict, CohortSpec]:
+    """Validate ``df`` and convert it to split tables + spec. Raises CohortInputError on bad input.
+
+    Values outside a feature's plausible range are errors, or with ``clip_implausible`` clipped to it;
+    the clipped counts per column go into ``spec.extra["clipped_implausible"]`` (the import report).
+    """
     loc = Located(path)
     if df.empty:
         raise loc.fail("the file has no rows")
@@ -193,6 +239,12 @@ def import_table(df: pd.DataFrame, path: Path, mapping: ImportMapping, seed: int
     )
     if mapping.source == "ai-clinician":
         features["age"] = _age_in_years(features["age"])
+    clipped: dict[str, int] = {}
+    for f in mapping.features:
+        features[f.name], n = check_range(features[f.name], f, loc, clip_implausible)
+        if n:
+            clipped[f.name] = n
+            log.warning("%s: clipped %d implausible value(s) of %r to [%g, %g]", path, n, f.name, *f.plausible_range)
 
     # sort by (episode, step) and renumber steps from 0
     episodes, steps, outcome = episodes[order], steps[order], outcome[order]
@@ -204,6 +256,10 @@ def import_table(df: pd.DataFrame, path: Path, mapping: ImportMapping, seed: int
     done = np.r_[episodes[1:] != episodes[:-1], True]
 
     split_ids = split_episodes(episodes, seed)
+    empty = [name for name, ids in split_ids.items() if len(ids) == 0]
+    if empty:
+        raise loc.fail(f"{len(np.unique(episodes))} patient(s) cannot give every split (train, val, test) at least "
+                       f"one patient: split {empty[0]!r} would be empty (need at least 3 patients)")
     fluid_bins, vaso_bins, fluid_dose, vaso_dose = _actions(
         mapping, fluid, vaso, np.isin(episodes, split_ids["train"])
     )
@@ -218,7 +274,8 @@ def import_table(df: pd.DataFrame, path: Path, mapping: ImportMapping, seed: int
     spec = CohortSpec(
         features=mapping.features, fluid=fluid_bins, vaso=vaso_bins, source=mapping.source,
         reward=reward_cfg.to_dict() if mapping.reward_column is None else {"column": mapping.reward_column},
-        extra={"input_file": str(path), "episode_column": mapping.episode_column},
+        extra={"input_file": str(path), "episode_column": mapping.episode_column,
+               **({"clipped_implausible": clipped} if clipped else {})},
     )
     cols = {"episode_id": episodes, "step": steps, **features,
             "action_fluid": fluid_bins.to_bin(fluid_dose) if not mapping.action_is_binned else fluid.astype(np.int8),
@@ -272,7 +329,7 @@ def _actions(
 
 def import_cohort(
     fmt: str, input_path: str | Path, out_dir: str | Path, spec_path: str | Path | None = None,
-    seed: int = 0, overwrite: bool = False,
+    seed: int = 0, overwrite: bool = False, clip_implausible: bool = False,
 ) -> Path:
     """Import a file into a cohort folder. Nothing is written unless the whole file is valid."""
     path = Path(input_path)
@@ -287,7 +344,7 @@ def import_cohort(
     else:
         raise CohortInputError(f"unknown --format {fmt!r} (choose ai-clinician or generic)")
     df = read_table(path)
-    tables, spec = import_table(df, path, mapping, seed)
+    tables, spec = import_table(df, path, mapping, seed, clip_implausible)
     return write_cohort(out_dir, tables, spec, overwrite=overwrite)
 
 

@@ -30,10 +30,26 @@ class FeatureSpec:
     normal_high: float | None = None
     sofa: bool = False
     description: str = ""
+    # Physiologically *possible* values (not normal ones): the importer rejects (or clips) values outside.
+    # None = unbounded on that side; cohort.json files written before ranges existed load with both None.
+    plausible_low: float | None = None
+    plausible_high: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("continuous", "binary"):
             raise ValueError(f"feature {self.name!r}: kind must be 'continuous' or 'binary', got {self.kind!r}")
+        lo, hi = self.plausible_low, self.plausible_high
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"feature {self.name!r}: plausible range [{lo}, {hi}] is empty")
+
+    @property
+    def plausible_range(self) -> tuple[float, float]:
+        """(low, high) with missing bounds as -inf/+inf; binary features are always [0, 1]."""
+        if self.kind == "binary":
+            return (0.0, 1.0)
+        lo = float("-inf") if self.plausible_low is None else float(self.plausible_low)
+        hi = float("inf") if self.plausible_high is None else float(self.plausible_high)
+        return (lo, hi)
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,10 @@ def read_split(cohort_dir: str | os.PathLike, split: str, spec: CohortSpec | Non
     path = Path(cohort_dir) / f"{split}.parquet"
     if not path.is_file():
         raise CohortFormatError(f"{cohort_dir}: missing split file {path.name}")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:  # truncated, corrupt or not Parquet at all
+        raise CohortFormatError(f"{path}: corrupt or unreadable Parquet file: {' '.join(str(e).split())}") from None
     check_table(table, spec, str(path))
     return table
 
@@ -161,7 +164,10 @@ def read_cohort(cohort_dir: str | os.PathLike, splits: Iterable[str] = SPLITS) -
 
 def spec_of_file(path: str | os.PathLike) -> CohortSpec:
     """The spec embedded in one cohort Parquet file's schema metadata."""
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as e:
+        raise CohortFormatError(f"{path}: corrupt or unreadable Parquet file: {' '.join(str(e).split())}") from None
     if METADATA_KEY not in meta:
         raise CohortFormatError(f"{path}: no cohort spec in the Parquet schema metadata")
     return CohortSpec.from_json(meta[METADATA_KEY].decode())

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from sepsis_rl.cohort.spec import FeatureSpec
+
 
 class CohortInputError(ValueError):
     """Bad user input (file or spec). The CLI prints the message and exits with code 2."""
@@ -82,10 +84,30 @@ def integer_column(df: pd.DataFrame, column: str, loc: Located) -> np.ndarray:
 
 
 def check_bins(values: np.ndarray, column: str, loc: Located) -> None:
-    bad = (values < 0) | (values > 4)
+    """Bins are the integers 0..4; a fractional bin (2.5) is an error, never truncated to 2."""
+    bad = (values < 0) | (values > 4) | (values != np.round(values))
     if bad.any():
         row = int(np.argmax(bad))
-        raise loc.fail(f"action bin {values[row]} is outside 0..4", column=column, row=row)
+        what = "is not a whole bin" if values[row] != np.round(values[row]) else "is outside 0..4"
+        raise loc.fail(f"action bin {values[row]:g} {what} (bins are the integers 0..4)", column=column, row=row)
+
+
+def check_range(values: np.ndarray, feature: FeatureSpec, loc: Located, clip: bool) -> tuple[np.ndarray, int]:
+    """Values outside the feature's plausible range: an error at the first such row, or (``clip``) clipped.
+
+    Returns the (possibly clipped) values and how many were clipped.
+    """
+    lo, hi = feature.plausible_range
+    bad = (values < lo) | (values > hi)
+    if not bad.any():
+        return values, 0
+    if not clip:
+        row = int(np.argmax(bad))
+        raise loc.fail(
+            f"value {values[row]:g} {feature.unit} is outside the plausible range [{lo:g}, {hi:g}] "
+            f"(fix the data or its unit, or pass --clip-implausible)", column=feature.name, row=row,
+        )
+    return np.clip(values, lo, hi), int(bad.sum())
 
 
 def check_nonnegative(values: np.ndarray, column: str, loc: Located) -> None:
@@ -119,10 +141,15 @@ def check_episode_structure(
         raise loc.fail(f"duplicate (episode, step) = ({episodes[row]}, {steps[row]})", column=step_column, row=row)
     gap = same & (s[1:] != s[:-1] + 1)
     if gap.any():
-        row = int(order[1:][gap].min())
-        prev = int(s[:-1][gap][np.argmin(order[1:][gap])])
+        # A gap joins two rows; the one later in the file is where reading top-down first goes wrong
+        # (a deleted row: the row after it; an out-of-order step such as a stray -1: that row itself).
+        before, after = order[:-1][gap], order[1:][gap]
+        culprit = np.maximum(before, after)
+        k = int(np.argmin(culprit))
+        row, other = int(culprit[k]), int(before[k] if culprit[k] == after[k] else after[k])
         raise loc.fail(
-            f"steps of episode {episodes[row]} are not contiguous (step {steps[row]} follows {prev})",
+            f"steps of episode {episodes[row]} are not contiguous (sorted, step {steps[int(before[k])]} is followed by "
+            f"step {steps[int(after[k])]}; the other row is {loc.where(row=other).split(': ', 1)[1]})",
             column=step_column, row=row,
         )
     changed = same & (o[1:] != o[:-1])

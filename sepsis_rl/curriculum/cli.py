@@ -48,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(name: str, args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from sepsis_rl.errors import check_writable
+
     cfg = load_config(name, _overrides(args.set))
+    check_writable(args.out, "run folder")
     summary = run_pipeline(cfg, PipelineOptions(args.out, args.cohort, args.resume, not args.no_dashboard, stages))
     print(json.dumps({k: v for k, v in summary.items() if k != "stages"} | {"stages": sorted(summary["stages"])}, indent=2))
     print(f"summary: {args.out}/summary.json")

@@ -158,9 +158,50 @@ class PipelineConfig:
             raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients >= 0")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
             raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
+        check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Allowed values per key: (predicate, what it means). A value that fails is an error naming the key,
+# so that e.g. ``--set rl.iterations=-1`` is refused instead of running nothing and reporting success.
+_POSITIVE_INT = (lambda v: v >= 1, ">= 1")
+_NONNEG_INT = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NONNEG = (lambda v: v >= 0, ">= 0")
+_PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_RANGES: dict[str, tuple[Any, str]] = {
+    "cohort.patients": (lambda v: v >= 3, ">= 3 (every split needs a patient)"),
+    "world_model.preset": (lambda v: v in ("tiny", "cpu", "gpu"), "one of tiny, cpu, gpu"),
+    "heldout_split": (lambda v: v in ("train", "val", "test"), "one of train, val, test"),
+    **{f"{stage}.{k}": _POSITIVE_INT for stage in ("sft", "bc") for k in ("epochs", "micro_batch", "grad_accum")},
+    **{f"{stage}.lr": _POSITIVE for stage in ("sft", "bc", "rl")},
+    "sft.samples": _POSITIVE_INT, "sft.heldout_samples": _NONNEG_INT,
+    "bc.traces": _POSITIVE_INT, "bc.eval_states": _POSITIVE_INT,
+    **{f"rl.{k}": _POSITIVE_INT for k in ("iterations", "groups_per_iteration", "group_size", "max_steps", "micro_batch",
+                                          "grad_accum", "eval_states", "eval_every", "checkpoint_every")},
+    "rl.mismatch_samples": _NONNEG_INT, "rl.kl_coef": _NONNEG, "rl.eval_temperature": _NONNEG,
+    "rl.clip_eps": (lambda v: 0 < v <= 1, "in (0, 1]"), "rl.gamma": _PROBABILITY, "rl.lam": _PROBABILITY,
+    "rl.kl_estimator": (lambda v: v in ("k1", "k2", "k3"), "one of k1, k2, k3"),
+    "rl.loss_agg": (lambda v: v in ("token-mean", "seq-mean"), "one of token-mean, seq-mean"),
+    **{f"rollout.{k}": _POSITIVE_INT for k in ("workers", "batch_episodes", "k", "horizon")},
+    "rollout.temperature": _NONNEG, "rollout.cpus_per_worker": _NONNEG, "rollout.gpus_per_worker": _NONNEG,
+    **{f"cluster.{k}": _POSITIVE_INT for k in ("learner_workers", "threads", "simulator_shards")},
+    "cluster.zero_stage": (lambda v: v in (0, 1, 2, 3), "one of 0, 1, 2, 3"),
+    "cluster.learner_cpus": _NONNEG, "cluster.learner_gpus": _NONNEG, "cluster.simulator_cpus": _NONNEG,
+    "cluster.weight_sync": (lambda v: v in ("object_store", "nccl"), "one of object_store, nccl"),
+}
+
+
+def check_ranges(cfg: "PipelineConfig") -> None:
+    """Raise ConfigError naming the first key whose value is out of its allowed range."""
+    for key, (ok, meaning) in _RANGES.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if not ok(node):
+            raise ConfigError(f"{key} must be {meaning}, got {node!r}")
 
 
 def _build(cls: type, data: Any, where: str, source: str) -> Any:
@@ -209,7 +250,8 @@ def load_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> P
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return _build(PipelineConfig, data, "", str(path))
+    source = str(path) + (f" with --set {', '.join(f'{k}={v}' for k, v in overrides.items())}" if overrides else "")
+    return _build(PipelineConfig, data, "", source)
 
 
 def dump_config(config: PipelineConfig, path: Path) -> None:

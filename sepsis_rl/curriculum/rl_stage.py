@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 from tqdm.auto import tqdm
 
 from sepsis_rl.curriculum.checkpoints import CheckpointStore
@@ -30,8 +29,11 @@ from sepsis_rl.learner.batch import assign_gae, assign_grpo_advantages, samples_
 from sepsis_rl.learner.group import LearnerGroup
 from sepsis_rl.learner.weight_sync import behaviour_mismatch, logprob_mismatch, make_weight_sync
 from sepsis_rl.rollout.psr import AgentConfig
+from sepsis_rl.rollout.resilient import Job, WorkerSet
 from sepsis_rl.rollout.starts import StartStates
-from sepsis_rl.rollout.worker import EPISODE_ID_STRIDE, EVAL_ID_BASE, RolloutWorker, WorkerConfig
+from sepsis_rl.rollout.worker import (
+    EPISODE_ID_STRIDE, EVAL_ID_BASE, RolloutWorker, WorkerConfig, training_episode_offset,
+)
 from world_model.pool import PoolConfig, SimulatorPool
 from world_model.simulation import SimulationConfig
 
@@ -65,6 +67,26 @@ def engine_options(cfg: PipelineConfig) -> dict[str, Any]:
     return opts
 
 
+def rollout_jobs(n_workers: int, groups: int, group_size: int, seed: int, iteration: int, batch: int) -> list[Job]:
+    """One iteration's rollouts as batch-sized jobs: worker w plays its share of the ``groups`` start states.
+
+    Episode ids are (worker, iteration, index): a worker restarted mid-run, or a resumed run, never reuses
+    an id, and with it the simulator's keyed noise. Jobs are the workers' own batches (``batch`` episodes),
+    so splitting changes nothing in what is played.
+    """
+    shares = [groups // n_workers + (i < groups % n_workers) for i in range(n_workers)]
+    jobs = []
+    for w, g in enumerate(shares):
+        n = g * group_size
+        if n == 0:
+            continue
+        first = training_episode_offset(iteration, n)
+        for lo in range(0, n, batch):
+            jobs.append(Job(w, "run", (n, group_size, seed * 100003 + iteration),
+                            {"slot": w, "first_id": first, "part": (lo, min(lo + batch, n))}))
+    return jobs
+
+
 def eval_starts(cfg: PipelineConfig, cohort_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed held-out start states: (indices into the split's start states, the states)."""
     starts = StartStates.from_cohort(cohort_dir, cfg.heldout_split)
@@ -81,8 +103,9 @@ class RLStage:
         wcfg = WorkerConfig(model_path=inputs.init_model, cohort_dir=inputs.cohort_dir, split="train", engine=ro.engine,
                             agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads,
                             engine_options=engine_options(cfg))
-        self.workers = [RolloutWorker.options(num_cpus=ro.cpus_per_worker, num_gpus=ro.gpus_per_worker).remote(i, wcfg, self.pool)
-                        for i in range(ro.workers)]
+        make = lambda i: RolloutWorker.options(  # noqa: E731
+            num_cpus=ro.cpus_per_worker, num_gpus=ro.gpus_per_worker).remote(i, wcfg, self.pool)
+        self.worker_set = WorkerSet(make, ro.workers, prepare=self._prepare_restarted)
         self.learner = LearnerGroup(learner_config(
             cl, inputs.init_model, rl.algorithm, rl.lr, rl.micro_batch, rl.grad_accum, cfg.seed, temperature=ro.temperature,
             clip_eps=rl.clip_eps, kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, gamma=rl.gamma,
@@ -91,25 +114,34 @@ class RLStage:
         self.checkpoints = CheckpointStore(run.uri("rl", "checkpoints"), keep=rl.keep_checkpoints)
         self.eval_idx, _ = eval_starts(cfg, inputs.local_cohort, rl.eval_states)
 
+    @property
+    def workers(self) -> list[Any]:
+        return self.worker_set.handles
+
+    def _prepare_restarted(self, worker: Any) -> None:
+        """A restarted rollout worker gets the learner's current weights before it plays anything."""
+        if self.cfg.cluster.weight_sync != "object_store":
+            raise RuntimeError("a rollout worker died; NCCL weight sync cannot re-admit a restarted engine: "
+                               "continue the run with --resume")
+        self.sync.sync(self.learner, [worker])
+
     # ----------------------------------------------------------------------------- one iteration
     def rollouts(self, iteration: int) -> tuple[pa.Table, float]:
         rl = self.cfg.rl
-        n = len(self.workers)
-        groups = [rl.groups_per_iteration // n + (i < rl.groups_per_iteration % n) for i in range(n)]
         t0 = time.perf_counter()
-        calls = [w.run.remote(g * rl.group_size, rl.group_size, self.cfg.seed * 100003 + iteration)
-                 for w, g in zip(self.workers, groups) if g]
-        tables = ray.get(calls, timeout=self.learner.timeout * 4)
-        return pa.concat_tables(tables), time.perf_counter() - t0
+        self.worker_set.timeout_s = self.learner.timeout * 4
+        jobs = rollout_jobs(len(self.workers), rl.groups_per_iteration, rl.group_size, self.cfg.seed, iteration,
+                            self.cfg.rollout.batch_episodes)
+        return pa.concat_tables(self.worker_set.run(jobs)), time.perf_counter() - t0
 
     def evaluate(self) -> dict[str, float]:
         """Greedy (by default) episodes from the fixed held-out starts, split over the workers."""
         rl = self.cfg.rl
         parts = np.array_split(self.eval_idx, len(self.workers))
-        calls = [w.evaluate.remote(p, self.cfg.heldout_split, self.cfg.seed, rl.eval_temperature)
-                 for w, p in zip(self.workers, parts) if len(p)]
-        table = pa.concat_tables(ray.get(calls, timeout=self.learner.timeout * 4))
-        return episode_stats(table, "heldout_")
+        jobs = [Job(w, "evaluate", (p, self.cfg.heldout_split, self.cfg.seed, rl.eval_temperature))
+                for w, p in enumerate(parts) if len(p)]
+        self.worker_set.timeout_s = self.learner.timeout * 4
+        return episode_stats(pa.concat_tables(self.worker_set.run(jobs)), "heldout_")
 
     def iterate(self, iteration: int) -> dict[str, Any]:
         rl = self.cfg.rl
@@ -195,8 +227,7 @@ class RLStage:
 
     def shutdown(self) -> None:
         self.learner.shutdown()
-        for w in self.workers:
-            ray.kill(w)
+        self.worker_set.kill_all()
         self.pool.shutdown()
 
 

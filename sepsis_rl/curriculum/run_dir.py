@@ -58,8 +58,19 @@ class RunDir:
             (self.root / "metrics.jsonl").write_bytes(storage.read_bytes(self.uri("metrics.jsonl")))
 
     def _load(self, name: str) -> dict[str, Any]:
+        """A run-folder record ({"stages": {}} when absent); a truncated or edited one is a one-line user error."""
+        from sepsis_rl.errors import UserError
+
         loc = self.uri(name)
-        return json.loads(storage.read_text(loc)) if storage.exists(loc) else {"stages": {}}
+        if not storage.exists(loc):
+            return {"stages": {}}
+        try:
+            data = json.loads(storage.read_text(loc))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{loc}: truncated or corrupt JSON ({e}); restore it or start a new run folder") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise UserError(f"{loc}: not a run-folder record (no 'stages' mapping)")
+        return data
 
     def _save(self, name: str, data: Any) -> None:
         storage.write_text(self.uri(name), json.dumps(data, indent=2, default=_jsonable))

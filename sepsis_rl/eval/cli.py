@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="behaviour propensities: the cohort's logged ones, or an estimated behaviour policy")
     p.add_argument("--baselines", choices=("default", "tiny"), default="default", help="offline-RL training size")
     p.add_argument("--no-fqe", action="store_true", help="skip FQE (and DR/WDR) for a quick look")
+    p.add_argument("--stall-minutes", type=float, default=180.0,
+                   help="report the policies still running as failed when none finishes for this long (default 180)")
     p.add_argument("--out", help="report folder (default RUN_DIR/eval)")
     p.set_defaults(func=_evaluate)
 
@@ -73,7 +75,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_writable(out)
     log.info("evaluating %d policies on %s (truth: %s; LLM policies: %s)", len(names), sources.cohort,
              "yes" if has_truth else "no ground truth", ", ".join(n for n in names if n in LLM_POLICIES) or "none")
-    report = run_evaluation(sources, cfg)
+    if args.stall_minutes <= 0:
+        raise CohortInputError(f"--stall-minutes must be > 0, got {args.stall_minutes}")
+    report = run_evaluation(sources, cfg, task_timeout_s=60 * args.stall_minutes)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

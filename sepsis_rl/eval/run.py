@@ -14,6 +14,7 @@ from sepsis_rl.eval.registry import LLM_POLICIES, Sources
 
 log = logging.getLogger(__name__)
 REFERENCE = "clinician"
+RLLIB_POLICIES = ("bc", "marwil")
 
 
 def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | None = None) -> dict[str, Any]:
@@ -28,8 +29,8 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
                  _node_ip_address="127.0.0.1")
         started = True
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(evaluate_one)
-        refs = {task.remote(n, sources, cfg): n for n in names}
+        task = ray.remote(max_retries=0)(evaluate_one)
+        refs = {task.options(num_cpus=task_cpus(n)).remote(n, sources, cfg): n for n in names}
         results: dict[str, dict[str, Any]] = {}
         with tqdm(total=len(refs), desc="evaluating policies") as bar:
             pending = list(refs)
@@ -51,6 +52,12 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
         if started:
             ray.shutdown()
     return assemble(sources, cfg, {n: results[n] for n in names})
+
+
+def task_cpus(name: str) -> float:
+    """CPUs a policy's task reserves. RLlib baselines reserve none: their own learner and Ray Data actors
+    request CPUs from the same cluster, and a task holding the last CPU would starve them (a deadlock)."""
+    return 0.0 if name in RLLIB_POLICIES else 1.0
 
 
 def assemble(sources: Sources, cfg: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

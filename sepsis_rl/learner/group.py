@@ -20,6 +20,10 @@ from sepsis_rl.learner.config import LearnerConfig
 from sepsis_rl.learner.worker import LearnerWorker
 
 
+class LearnerFailure(RuntimeError):
+    """A learner rank died; the group's state is lost past the last checkpoint."""
+
+
 class LearnerGroup:
     def __init__(self, config: LearnerConfig, timeout_s: float = 600.0):
         self.cfg, self.timeout = config, timeout_s
@@ -42,8 +46,23 @@ class LearnerGroup:
         self._all("setup", addr, port)
 
     def _all(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list[Any]:
+        """Call ``method`` on every rank. A dead rank fails the call at once: its peers would otherwise wait
+        in a collective until the timeout. The group is then unusable (resume from the last checkpoint)."""
         calls = [getattr(w, method).remote(*(per_rank[i] if per_rank else args)) for i, w in enumerate(self.workers)]
-        return ray.get(calls, timeout=self.timeout)
+        pending, deadline = list(calls), time.monotonic() + self.timeout
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+            if not done:
+                raise ray.exceptions.GetTimeoutError(f"learner {method!r} did not finish within {self.timeout:.0f}s")
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                rank = calls.index(done[0])
+                for w in self.workers:  # peers are blocked in a collective with the dead rank
+                    ray.kill(w, no_restart=True)
+                raise LearnerFailure(f"learner rank {rank} died during {method!r} ({type(e).__name__}); "
+                                     "the run continues from its last checkpoint with --resume") from None
+        return ray.get(calls)
 
     def _deal(self, samples: list[Sample], multiple_of: int) -> list[list[list[Sample]]]:
         batches = micro_batches(samples, self.cfg.micro_batch, multiple_of)

@@ -229,15 +229,12 @@ class LearnerWorkerImpl:
         self.updates = int(state["updates"])
 
     def report(self, metrics: dict[str, float]) -> None:
-        """Publish iteration metrics to the Ray dashboard as ``sepsis_rl_learner_<name>`` gauges."""
-        from ray.util import metrics as ray_metrics
+        """Publish iteration metrics to the Ray dashboard (``sepsis_rl/learner/metrics.py``)."""
+        from sepsis_rl.learner.metrics import LearnerMetrics
 
         if self._gauges is None:
-            self._gauges = {}
-        for name, value in metrics.items():
-            if name not in self._gauges:
-                self._gauges[name] = ray_metrics.Gauge(f"sepsis_rl_learner_{name}", f"learner: {name}")
-            self._gauges[name].set(float(value))
+            self._gauges = LearnerMetrics()
+        self._gauges.publish(metrics)
 
     def shutdown(self) -> None:
         import torch.distributed as dist

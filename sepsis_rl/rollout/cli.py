@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--temperature", type=float, default=1.0)
     ro.add_argument("--max-steps", type=int, default=20, help="decisions per episode at most")
     ro.add_argument("--seed", type=int, default=0)
+    ro.add_argument("--batch-episodes", type=int, default=8,
+                    help="episodes a worker plays concurrently; also what a dead worker's restart replays at most")
     ro.add_argument("--out", help="episodes Parquet file to write")
     ro.set_defaults(func=_rollout)
     rsub = ro.add_subparsers(dest="rollout_command", required=False)
@@ -45,13 +47,21 @@ def _rollout(args: argparse.Namespace) -> int:
         raise CohortInputError(f"rollout needs {', '.join(missing)}")
     if args.episodes < 1 or args.workers < 1 or args.episodes % args.workers:
         raise CohortInputError("--episodes must be a positive multiple of --workers")
+    for flag in ("shards", "batch_episodes", "k", "horizon", "max_steps"):
+        if getattr(args, flag) < 1:
+            raise CohortInputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not args.temperature >= 0:
+        raise CohortInputError(f"--temperature must be >= 0, got {args.temperature}")
     from sepsis_rl.rollout.launch import run_rollout
 
     t0 = time.perf_counter()
     table = run_rollout(args)
-    tmp = Path(args.out).with_suffix(".tmp.parquet")
-    pq.write_table(table, tmp)
-    tmp.replace(args.out)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
     dec = int(np.sum(table.column("length").to_numpy()))
     fails = int(np.sum(table.column("parse_failures").to_numpy()))
     per = 1 if args.no_simulator else 2
@@ -65,7 +75,13 @@ def _show(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such episodes file")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+        missing = [c for c in ("episode_id", "decisions", "rewards", "length") if c not in table.column_names]
+    except (OSError, pa.ArrowException) as e:
+        raise CohortInputError(f"{path}: not a readable episodes Parquet file: {' '.join(str(e).split())}") from None
+    if missing:
+        raise CohortInputError(f"{path}: not an episodes file (no column {missing[0]!r})")
     if not 0 <= args.episode < table.num_rows:
         raise CohortInputError(f"{path}: --episode {args.episode} is out of range (0..{table.num_rows - 1})")
     print(format_episode(table.slice(args.episode, 1)))

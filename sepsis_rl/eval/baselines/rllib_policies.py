@@ -17,7 +17,8 @@ one actor on half a CPU (``map_batches_kwargs={"concurrency": 1, "num_cpus": 0.5
 The trained RLModule is rebuilt from the config's module spec and the learner's weights; the policy's
 probabilities are the softmax of its ``action_dist_inputs`` logits (BC and MARWIL are stochastic policies).
 Each ``algo.train()`` runs ``iters_per_eval`` updates; after each, the selector scores the module on the
-validation split and the best module state is kept.
+validation split and the best module state is kept. Without a running Ray, the first call starts a local one
+(``num_cpus``) and leaves it up for the process (the caller owns ``ray.shutdown()``).
 """
 
 from __future__ import annotations
@@ -136,6 +137,17 @@ def _algo_config(name: Algo, parquet: Path, obs_dim: int, cfg: RLlibConfig) -> A
     return conf
 
 
+def _close_data_iterators(algo: Any) -> None:
+    """Stop the learner's Ray Data epoch iterator (its streaming executor thread outlives ``algo.stop()`` in RLlib
+    2.60; a later ``ray.shutdown()`` under that thread ends the process). Private attributes of the pinned RLlib."""
+    learner = getattr(algo.learner_group, "_learner", None)
+    epoch_iter = getattr(getattr(learner, "iterator", None), "_epoch_iterator", None)
+    if hasattr(epoch_iter, "close"):
+        epoch_iter.close()
+    if learner is not None:
+        learner.iterator = None
+
+
 def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig | None = None,
                 selector: Selector | None = None) -> RLModulePolicy:
     """Train RLlib's ``bc`` or ``marwil`` on ``train`` (via Parquet + Ray Data); keep the best-on-``val`` module."""
@@ -147,9 +159,11 @@ def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig
     t0 = time.perf_counter()
     enc = StateEncoder.fit(train)
     tmp = Path(tempfile.mkdtemp(prefix=f"sepsis_rl_{name}_"))
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if not ray.is_initialized():
+        # Kept running for the rest of the process: later calls reuse it, and a Ray shut down under any data
+        # thread still running ends the process ("core worker has already been shutdown"). Caller owns shutdown.
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     old_v2 = getattr(ctx, "use_datasource_v2", None)
     ctx.use_datasource_v2 = False
@@ -173,13 +187,12 @@ def train_rllib(name: Algo, train: LoggedData, val: LoggedData, cfg: RLlibConfig
         module.set_state(log.best_state)  # type: ignore[arg-type]
     finally:
         if algo is not None:
+            _close_data_iterators(algo)
             algo.stop()
-            del algo  # drop the dataset iterators while Ray is up (else their finalisers re-start a Ray)
+            del algo
             gc.collect()
         if old_v2 is not None:
             ctx.use_datasource_v2 = old_v2
-        if started:
-            ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     policy = RLModulePolicy(module, enc, name)
     policy.info = {**log.info(), "train_seconds": time.perf_counter() - t0, "final_losses": last,

@@ -1,0 +1,1 @@
+"""Running on clusters: job submission, KubeRay manifest checks, the serve config for RayService, dashboards."""
