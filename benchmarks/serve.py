@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
