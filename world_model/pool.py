@@ -191,11 +191,16 @@ class SimulatorPool:
         return _concat(results, order)
 
     def release(self, episode_ids: np.ndarray) -> None:
-        """Forget episodes. Fire-and-forget: a shard runs its calls in order, and a dead shard forgets anyway."""
+        """Forget episodes, and wait until the shards have: calls from *different* callers (rollout workers and the
+        driver share shards) are not ordered, so a late release could otherwise drop an episode another caller
+        has just reset under the same id (the held-out evaluation and the baselines share ids on purpose)."""
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         owner = self.shard_of(ids)
-        for i in np.unique(owner):
-            self.shards[int(i)].release.remote(ids[owner == i])
+        refs = [self.shards[int(i)].release.remote(ids[owner == i]) for i in np.unique(owner)]
+        try:
+            ray.get(refs, timeout=self.config.call_timeout_s)
+        except RayActorError:  # a dead shard forgets anyway (its replacement replays only live records)
+            pass
         for eid in ids.tolist():
             self._records.pop(eid, None)
 
