@@ -25,7 +25,7 @@ from serve.agent_deployment import DecisionInput
 from serve.agent_dir import load_agent_dir
 from serve.metrics import IngressMetrics
 from serve.schemas import Recommendation, RecommendRequest, SimulateRequest, error_body
-from serve.validation import HistoryValidator, InputError, feature_range
+from serve.validation import HistoryValidator, InputError, feature_range, json_range
 from sepsis_rl.cohort.spec import N_ACTIONS, N_BINS
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ class Ingress:
         for f, median in zip(spec.features, self.dir.medians):
             rng = feature_range(spec, f.name)
             features.append({"name": f.name, "unit": f.unit, "kind": f.kind, "static": f.static,
-                             "range": list(rng) if rng else None, "normal": [f.normal_low, f.normal_high],
+                             "range": json_range(rng),
+                             "normal": [f.normal_low, f.normal_high],
                              "median": round(median, 4)})
         return {"features": features, "actions": [self._action(a) for a in range(N_ACTIONS)],
                 "history_window": self.dir.window, "max_history": MAX_HISTORY,

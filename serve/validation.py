@@ -3,13 +3,11 @@
 Checks, in order, each failing with the JSON path of the offending value: the history is a non-empty list
 no longer than ``max_history`` steps; each step is an object whose keys are cohort features; each value is
 a finite number (booleans are refused: a 0/1 feature is sent as a number) inside the feature's
-*physiologically possible* range. These ranges are deliberately wide (they reject typos and unit
-mix-ups such as a temperature in Fahrenheit or a lactate in mg/dL, not sick patients); the cohort spec
-carries only *normal* ranges, so the table lives here. Sources: definitions (GCS 3-15, SOFA 0-24, SIRS
-0-4, SpO2 and fractions), survival limits reported in the critical-care literature (arterial pH 6.3-8.0,
-core temperature 15-46 degC, serum sodium 90-200 mmol/L), and the outlier cut-offs of the AI Clinician
-MIMIC extraction (Komorowski et al., Nat Med 2018) for the remaining vitals and labs. A feature outside the
-table (an imported cohort's own names) is checked for being finite (binary ones for 0..1) only.
+*physiologically possible* range: the one the cohort's importer enforces (``FeatureSpec.plausible_range``,
+defaults and their sources in ``sepsis_rl/cohort/features.py``), so the service accepts exactly what training
+data could contain. These ranges are deliberately wide (they reject typos and unit mix-ups such as a
+temperature in Fahrenheit or a lactate in mg/dL, not sick patients). A feature without a range (an imported
+cohort's own names) is checked for being finite (binary ones for 0..1) only.
 
 Missing features are imputed: carried forward from the previous step, else the training median, and
 listed so the client can see what the recommendation did not see.
@@ -23,22 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sepsis_rl.cohort.features import PLAUSIBLE_RANGES
 from sepsis_rl.cohort.spec import CohortSpec
-
-# feature -> (lowest, highest) physiologically possible value, in the cohort's units (see module docstring)
-PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
-    "gender": (0, 1), "age": (0, 120), "Weight_kg": (1, 500), "re_admission": (0, 1), "elixhauser": (-20, 90),
-    "GCS": (3, 15), "HR": (0, 350), "SysBP": (0, 350), "MeanBP": (0, 300), "DiaBP": (0, 300), "RR": (0, 100),
-    "SpO2": (0, 100), "Temp_C": (15, 46), "FiO2_1": (0.2, 1.0),
-    "Potassium": (0.5, 15), "Sodium": (90, 200), "Chloride": (50, 160), "Glucose": (1, 3000), "BUN": (0, 350),
-    "Creatinine": (0, 30), "Magnesium": (0, 20), "Calcium": (0, 30), "SGOT": (0, 50000), "SGPT": (0, 50000),
-    "Total_bili": (0, 100), "Albumin": (0, 10), "Hb": (0, 25), "WBC_count": (0, 1000), "Platelets_count": (0, 3000),
-    "PTT": (0, 250), "PT": (0, 200), "INR": (0, 30), "Arterial_pH": (6.3, 8.0), "paO2": (0, 800), "paCO2": (0, 250),
-    "Arterial_BE": (-50, 50), "HCO3": (0, 80), "Arterial_lactate": (0, 40), "mechvent": (0, 1),
-    "PaO2_FiO2": (0, 4000), "input_total": (0, 1e6), "output_total": (0, 1e6), "output_4hourly": (0, 20000),
-    "cumulated_balance": (-1e6, 1e6), "SOFA": (0, 24), "SIRS": (0, 4), "Shock_Index": (0, 20),
-}
-
 
 class InputError(ValueError):
     """Bad request content: becomes a 422 with ``param`` = the JSON path of the offending value."""
@@ -49,9 +33,21 @@ class InputError(ValueError):
 
 
 def feature_range(spec: CohortSpec, name: str) -> tuple[float, float] | None:
+    """The feature's physiologically possible range: the cohort spec's own (``FeatureSpec.plausible_range``,
+    the same the importer enforces), else the AI Clinician table for specs written before ranges existed;
+    binary features are [0, 1]; None when nothing bounds it (only finiteness is checked then)."""
+    f = spec.feature(name)
+    if f.kind == "binary" or f.plausible_low is not None or f.plausible_high is not None:
+        return f.plausible_range
     if name in PLAUSIBLE_RANGES:
-        return PLAUSIBLE_RANGES[name]
-    return (0.0, 1.0) if spec.feature(name).kind == "binary" else None
+        lo, hi, _ = PLAUSIBLE_RANGES[name]
+        return (float(lo), float(hi))
+    return None
+
+
+def json_range(rng: tuple[float, float] | None) -> list[float | None] | None:
+    """A range for JSON, which has no infinity: an open side is null."""
+    return None if rng is None else [float(v) if math.isfinite(v) else None for v in rng]
 
 
 @dataclass(frozen=True)

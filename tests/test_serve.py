@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from serve.agent_deployment import DecisionInput  # noqa: F401  (importable without Ray running)
-from serve.validation import PLAUSIBLE_RANGES
+from serve.validation import feature_range
 from sepsis_rl.agent.fallback import default_candidates
 from sepsis_rl.cohort.store import read_spec, read_split, table_features
 
@@ -107,7 +107,7 @@ def test_plausible_ranges_hold_every_synthetic_value(tiny_world):
     spec = read_spec(cohort)
     x = table_features(read_split(cohort, "train", spec), spec)
     for i, name in enumerate(spec.feature_names):
-        lo, hi = PLAUSIBLE_RANGES[name]
+        lo, hi = feature_range(spec, name)
         assert lo <= x[:, i].min() and x[:, i].max() <= hi, name
 
 
