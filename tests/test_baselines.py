@@ -272,18 +272,36 @@ def test_transition_table_follows_rllibs_offline_columns(cohort):
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def _train_and_answer(name: str, train: LoggedData, val: LoggedData, cfg: RLlibConfig) -> tuple[np.ndarray, dict]:
+    """Inside a Ray task, as ``sepsis-rl evaluate`` runs it (``eval/run.py``): Ray Data's executor threads die
+    with the worker process instead of outliving ``algo.stop()`` in the test process."""
+    policy = build_baseline(name, train, val, cfg)
+    rows, batch = next(val.batches(64))
+    return check_probs(policy.action_probs(batch), len(rows), policy.name), policy.info
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bc", "marwil"])
 def test_rllib_baselines_train_through_ray_data(cohort, ray_session, name):
+    import ray
+
+    from sepsis_rl.eval.run import task_cpus
+
     train, val = cohort
     cfg = replace(RLlibConfig.tiny(), steps=10, iters_per_eval=10)  # one algo.train() call: Ray Data is slow to start
-    policy = build_baseline(name, train, val, cfg)
-    probs = _assert_valid(policy, val)
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    task = ray.remote(max_retries=0)(_train_and_answer).options(num_cpus=task_cpus(name))
+    probs, info = ray.get(task.remote(name, train, val, cfg), timeout=600)
+    assert np.allclose(probs.sum(axis=1), 1.0)
     assert (probs > 0).all()  # a softmax over the module's logits, not a one-hot
-    assert len(policy.info["val_history"]) == 1 and math.isfinite(policy.info["val_selection_value"])
-    assert policy.info["final_losses"]["policy_loss"] > 0
+    assert len(info["val_history"]) == 1 and math.isfinite(info["val_selection_value"])
+    assert info["final_losses"]["policy_loss"] > 0
