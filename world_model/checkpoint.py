@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from sepsis_rl.checkpoint import atomic_dir
 from sepsis_rl.cohort.spec import CohortSpec
 from sepsis_rl.cohort.validation import CohortInputError
+from world_model.learned_reward import LearnedReward
 from world_model.model import WorldModel
 from world_model.network import DynamicsEnsemble, ModelConfig
 from world_model.normalize import FeatureLayout, Normalizer
@@ -49,6 +50,7 @@ def save_world_model(model: WorldModel, out_dir: str | os.PathLike, info: dict[s
             "layout": {k: list(v) for k, v in asdict(model.layout).items()},
             "normalizer": model.normalizer.to_dict(),
             "spec": model.spec.to_dict() if model.spec is not None else None,
+            "learned_reward": model.learned_reward.to_dict() if model.learned_reward is not None else None,
             "info": info or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -81,6 +83,7 @@ def load_world_model(model_dir: str | os.PathLike) -> WorldModel:
         layout = FeatureLayout(**{k: tuple(v) for k, v in config["layout"].items()})
         norm = Normalizer.from_dict(config["normalizer"])
         spec = CohortSpec.from_dict(config["spec"]) if config.get("spec") else None
+        learned = LearnedReward.from_dict(config["learned_reward"]) if config.get("learned_reward") else None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: invalid {CONFIG_FILE}: {e}") from e
     _check_normalizer(norm, layout, Path(model_dir) / CONFIG_FILE)
@@ -94,7 +97,9 @@ def load_world_model(model_dir: str | os.PathLike) -> WorldModel:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(t.isfinite().all()):
             raise CheckpointError(f"{weights}: tensor {name!r} has NaN or infinite values (a diverged or corrupted model)")
-    return WorldModel(net, model_cfg, layout, norm, spec)
+    model = WorldModel(net, model_cfg, layout, norm, spec)
+    model.learned_reward = learned
+    return model
 
 
 def _check_normalizer(norm: Normalizer, layout: FeatureLayout, where: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from sepsis_rl.cohort.spec import N_ACTIONS, CohortSpec
 from world_model.data import TERM_CONTINUE, TERM_DEATH, TERM_DISCHARGE
+from world_model.learned_reward import LearnedReward
 from world_model.network import DynamicsEnsemble, ModelConfig
 from world_model.normalize import FeatureLayout, Normalizer
 
@@ -36,6 +37,7 @@ class WorldModel:
         self.layout = layout
         self.normalizer = normalizer
         self.spec = spec
+        self.learned_reward: LearnedReward | None = None  # set for cohorts that bring their own reward column
         self.feature_names: list[str] = list(layout.names)
         self.window = config.window
         self.static_index = list(layout.static)

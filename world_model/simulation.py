@@ -11,8 +11,8 @@ episodes are rebuilt), and the pool's results equal in-process results for the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from sepsis_rl.cohort.features import LACTATE_ALIASES, SOFA_ALIASES
 from sepsis_rl.cohort.noise import keyed_uniforms, normal_from_uniform as _normal_from_uniform
 from sepsis_rl.cohort.reward import RewardConfig, intermediate_reward, terminal_reward
 from sepsis_rl.cohort.spec import N_ACTIONS
+from world_model.learned_reward import LearnedReward, reward_column
 
 
 class Dynamics(Protocol):
@@ -45,7 +46,9 @@ class SimulationConfig:
     # without the variance of the ending draws: a held-out mean over 8 patients stops hinging on one death.
     endings: str = "sample"
     seed: int = 0
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    # None: the cohort's own reward, from the world model's spec (its formula coefficients, or the reward learned
+    # from its reward column: world_model/learned_reward.py); a RewardConfig overrides it
+    reward: RewardConfig | None = None
 
     def __post_init__(self) -> None:
         if self.endings not in ("sample", "expected"):
@@ -91,6 +94,26 @@ class SimulationResult:
 Continuation = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def cohort_reward(model: Any, override: RewardConfig | None = None) -> RewardConfig | LearnedReward:
+    """The reward the simulator pays: ``override``, else the cohort's own (formula coefficients from the spec, or
+    the fit of its reward column). A reward column without a fit is refused: paying the default formula instead
+    would train the agent on a reward the cohort never defined."""
+    if override is not None:
+        return override
+    spec = getattr(model, "spec", None)
+    column = reward_column(spec)
+    if column is not None:
+        learned = getattr(model, "learned_reward", None)
+        if learned is None:
+            raise ValueError(f"the cohort's reward is its column {column!r} but this world model carries no learned "
+                             "reward for it (retrain it with this version: world_model/learned_reward.py)")
+        return learned
+    if spec is None or not spec.reward:
+        return RewardConfig()
+    known = {f.name for f in fields(RewardConfig)}
+    return RewardConfig(**{k: float(v) for k, v in spec.reward.items() if k in known})
+
+
 def _index(names: Sequence[str], options: Sequence[str]) -> int | None:
     return next((list(names).index(o) for o in options if o in names), None)
 
@@ -116,6 +139,7 @@ class WorldModelSimulator:
         self._i_lac = _index(self.names, LACTATE_ALIASES)
         self._i_sofa = _index(self.names, SOFA_ALIASES)
         self._scale = np.asarray(getattr(model, "feature_scale", np.ones(self.n_features)), dtype=np.float64)
+        self.reward = cohort_reward(model, config.reward)
 
     # ------------------------------------------------------------------------------------ validation
     @property
@@ -226,7 +250,7 @@ class WorldModelSimulator:
             else:
                 died = p_death > 0.5
                 discharged = ~died & (p_dis > 0.5)
-            reward = np.where(died | discharged, terminal_reward(died, self.config.reward), self._shaping(cur, nxt))
+            reward = np.where(died | discharged, self._terminal(died), self._shaping(cur, nxt))
             death_mass = died.astype(np.float64)
         steps = self._steps[slots] + 1
         truncated = ~died & ~discharged & (steps >= self.config.max_steps)
@@ -295,16 +319,22 @@ class WorldModelSimulator:
     def _expected_reward(self, alive: np.ndarray, p_death: np.ndarray, p_dis: np.ndarray,
                          intermediate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(alive * E[this step's reward over the ending draw], alive * p_death)."""
-        r_death = terminal_reward(np.ones(len(alive), dtype=bool), self.config.reward)
-        r_dis = terminal_reward(np.zeros(len(alive), dtype=bool), self.config.reward)
+        r_death, r_dis = self._terminal(np.ones(len(alive), dtype=bool)), self._terminal(np.zeros(len(alive), dtype=bool))
         p_stay = np.clip(1.0 - p_death - p_dis, 0.0, 1.0)
         return alive * (p_death * r_death + p_dis * r_dis + p_stay * intermediate), alive * p_death
 
+    def _terminal(self, died: np.ndarray) -> np.ndarray:
+        if isinstance(self.reward, LearnedReward):
+            return self.reward.terminal(died)
+        return terminal_reward(died, self.reward)
+
     def _shaping(self, cur: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if isinstance(self.reward, LearnedReward):
+            return self.reward.shaping(cur, nxt)
         if self._i_sofa is None or self._i_lac is None:
             return np.zeros(len(cur))
         s, l = self._i_sofa, self._i_lac
-        return intermediate_reward(np.round(cur[:, s]), np.round(nxt[:, s]), cur[:, l], nxt[:, l], self.config.reward)
+        return intermediate_reward(np.round(cur[:, s]), np.round(nxt[:, s]), cur[:, l], nxt[:, l], self.reward)
 
     def _tidy(self, nxt: np.ndarray, cur: np.ndarray) -> np.ndarray:
         """Keep predictions physical: static features carried, binary ones 0/1, SOFA an integer in 0..24."""

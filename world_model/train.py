@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sepsis_rl.cohort.store import read_cohort
 from sepsis_rl.cohort.validation import CohortInputError
 from world_model.data import Windows, fit_normalizer, make_windows
+from world_model.learned_reward import LearnedReward, reward_column
 from world_model.losses import member_losses
 from world_model.model import WorldModel
 from world_model.network import DynamicsEnsemble
@@ -165,4 +166,8 @@ def train_world_model(cohort_dir: str | os.PathLike, preset: Preset) -> TrainRes
     bar.close()
     result.seconds = time.perf_counter() - t0
     result.model = WorldModel(best.cpu().eval(), preset.model, layout, norm, spec)
+    if reward_column(spec) is not None:
+        result.model.learned_reward = LearnedReward.fit(cohort.table("train"), cohort.table("val"), spec)
+        log.info("learned the cohort's reward column %r for simulation: val R^2 %.3f", reward_column(spec),
+                 result.model.learned_reward.val_r2 or float("nan"))
     return result
