@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class PoolConfig:
     num_shards: int = 2
     num_cpus_per_shard: float = 1.0
+    resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources per shard (node placement)
     threads_per_shard: int = 1
     max_wait_s: float = 0.001  # micro-batching window inside a shard
     max_restarts: int = 3  # per call
@@ -99,6 +100,7 @@ class SimulatorPool:
     def _start(self, i: int) -> Any:
         return SimulatorShard.options(
             name=f"{self.name}-{i}", get_if_exists=True, num_cpus=self.config.num_cpus_per_shard,
+            resources=dict(self.config.resources),
             max_concurrency=256,
         ).remote(self._factory, self.sim_config, i, self.config.max_wait_s, 4096, self.config.threads_per_shard)
 

@@ -125,8 +125,12 @@ class ClusterSetup:
     bf16: bool = False
     threads: int = 2
     gradient_checkpointing: bool = False  # trade ~3% learner time for half the activation memory
+    learner_placement: str = "PACK"  # the ranks' placement group strategy: PACK, SPREAD or STRICT_SPREAD
     simulator_shards: int = 1
     simulator_cpus: float = 0.25
+    # custom Ray resources each simulator shard also requests: {"simulator": 0.01} puts the shards on the nodes
+    # started with --resources '{"simulator": N}' (CPU nodes beside GPU learners, say)
+    simulator_resources: dict[str, float] = field(default_factory=dict)
     weight_sync: str = "object_store"  # or nccl (GPUs + vLLM)
 
 
@@ -190,6 +194,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     **{f"cluster.{k}": _POSITIVE_INT for k in ("learner_workers", "threads", "simulator_shards")},
     "cluster.zero_stage": (lambda v: v in (0, 1, 2, 3), "one of 0, 1, 2, 3"),
     "cluster.learner_cpus": _NONNEG, "cluster.learner_gpus": _NONNEG, "cluster.simulator_cpus": _NONNEG,
+    "cluster.learner_placement": (lambda v: v in ("PACK", "SPREAD", "STRICT_SPREAD"), "one of PACK, SPREAD, STRICT_SPREAD"),
+    "cluster.simulator_resources": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and k and isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for k, x in v.items()),
+        "a mapping of Ray resource names to amounts > 0"),
     "cluster.weight_sync": (lambda v: v in ("object_store", "nccl"), "one of object_store, nccl"),
 }
 

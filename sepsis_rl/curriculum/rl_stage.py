@@ -99,7 +99,8 @@ class RLStage:
         self.cfg, self.run, self.inputs = cfg, run, inputs
         rl, ro, cl = cfg.rl, cfg.rollout, cfg.cluster
         self.pool = SimulatorPool(inputs.world_model_dir, SimulationConfig(max_steps=rl.max_steps, seed=cfg.seed, endings=rl.endings),
-                                  PoolConfig(num_shards=cl.simulator_shards, num_cpus_per_shard=cl.simulator_cpus))
+                                  PoolConfig(num_shards=cl.simulator_shards, num_cpus_per_shard=cl.simulator_cpus,
+                                             resources=tuple(sorted(cl.simulator_resources.items()))))
         wcfg = WorkerConfig(model_path=inputs.init_model, cohort_dir=inputs.cohort_dir, split="train", engine=ro.engine,
                             agent=agent_config(cfg), batch_episodes=ro.batch_episodes, threads=cl.threads,
                             engine_options=engine_options(cfg))

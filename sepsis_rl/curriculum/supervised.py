@@ -23,7 +23,7 @@ def learner_config(cluster: ClusterSetup, model_path: str, algorithm: str, lr: f
     return LearnerConfig(
         model_path=model_path, algorithm=algorithm, num_workers=cluster.learner_workers, zero_stage=cluster.zero_stage,
         lr=lr, micro_batch=micro_batch, grad_accum=grad_accum, bf16=cluster.bf16, cpus_per_worker=cluster.learner_cpus,
-        gpus_per_worker=cluster.learner_gpus, threads=cluster.threads, seed=seed,
+        gpus_per_worker=cluster.learner_gpus, placement=cluster.learner_placement, threads=cluster.threads, seed=seed,
         gradient_checkpointing=cluster.gradient_checkpointing, **extra,
     )
 

@@ -30,7 +30,7 @@ class LearnerGroup:
         bundle: dict[str, float] = {"CPU": config.cpus_per_worker}
         if config.gpus_per_worker:
             bundle["GPU"] = config.gpus_per_worker
-        self.pg = placement_group([dict(bundle) for _ in range(config.num_workers)], strategy="PACK")
+        self.pg = placement_group([dict(bundle) for _ in range(config.num_workers)], strategy=config.placement)
         try:
             ray.get(self.pg.ready(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError as e:
