@@ -30,6 +30,8 @@ class AppArgs(BaseModel):
     batching: bool = True
     max_batch_size: int = Field(16, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=1.0)
+    max_queued_requests: int = Field(256, ge=1, description="requests an agent replica queues beyond its ongoing "
+                                     "ones; past that the API answers 503 with Retry-After")
 
 
 def _autoscaling(lo: int, hi: int, target: float) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     world = WorldModelDeployment.options(autoscaling_config=_autoscaling(1, max(1, hi // 2), 8)).bind(a.agent_dir)
     agent = AgentDeployment.options(
         autoscaling_config=_autoscaling(a.replicas, hi, max(2, batch)),
-        max_ongoing_requests=max(4 * batch, 8), ray_actor_options=agent_resources,
+        max_ongoing_requests=max(4 * batch, 8), max_queued_requests=a.max_queued_requests,
+        ray_actor_options=agent_resources,
     ).bind(a.agent_dir, a.engine, world, batch, a.batch_wait_timeout_s if a.batching else 0.0)
     return Ingress.options(autoscaling_config=_autoscaling(1, hi, 64)).bind(agent, world, a.agent_dir, a.api_key_env)

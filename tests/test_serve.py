@@ -21,7 +21,7 @@ from serve.validation import feature_range
 from sepsis_rl.agent.fallback import default_candidates
 from sepsis_rl.cohort.store import read_spec, read_split, table_features
 
-APP, SECURE = "sepsis-test", "sepsis-secure"
+APP, SECURE, NARROW = "sepsis-test", "sepsis-secure", "sepsis-narrow"
 TOKEN = "s3cret-token"
 TIMEOUT = 120
 
@@ -72,13 +72,15 @@ def server(agent_dir):
     os.environ["SEPSIS_TEST_KEY"] = TOKEN  # inherited by the replicas of this local Ray instance
     port = _free_port()
     # logical CPUs: two apps (4 replicas' worth of 0.1-0.5 CPU each) must all be scheduled on a 2-core box
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(AppArgs(agent_dir=str(agent_dir), max_batch_size=32, batch_wait_timeout_s=0.2)),
                   name=APP, route_prefix="/", blocking=False)
         serve.run(build_app(AppArgs(agent_dir=str(agent_dir), replicas=2, api_key_env="SEPSIS_TEST_KEY")),
                   name=SECURE, route_prefix="/secure", blocking=False)
+        serve.run(build_app(AppArgs(agent_dir=str(agent_dir), batching=False, max_queued_requests=1)),
+                  name=NARROW, route_prefix="/narrow", blocking=False)  # 8 ongoing + 1 queued, then 503
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -282,6 +284,19 @@ def test_killing_a_replica_keeps_the_service_answering(server, cohort_history):
     print(f"replica kill: {len(codes)} requests, {failed} failed ({at_kill} answered before the kill)")
     assert failed <= len(threads)  # at most the requests in flight on the killed replica
     assert codes[-4:] == [200] * 4  # still answering after the kill
+
+
+@pytest.mark.slow
+def test_overload_answers_503_with_retry_after_over_http(server, cohort_history):
+    """More concurrent requests than the narrow app's agent replica takes (8 ongoing + 1 queued): the rest get
+    503 + Retry-After at once, in the API's error shape, and the service answers again afterwards."""
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda _: post(f"{server}/narrow/v1/recommend", recommend_body(cohort_history)), range(32)))
+    codes = [r.status_code for r in answers]
+    busy = [r for r in answers if r.status_code == 503]
+    assert set(codes) <= {200, 503} and busy and 200 in codes, codes
+    assert all(r.headers["Retry-After"] == "2" and r.json()["error"]["code"] == "overloaded" for r in busy)
+    assert post(f"{server}/narrow/v1/recommend", recommend_body(cohort_history)).status_code == 200
 
 
 def test_imputation_by_hand(tiny_world):
