@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="behaviour propensities: the cohort's logged ones, or an estimated behaviour policy")
     p.add_argument("--baselines", choices=("default", "tiny"), default="default", help="offline-RL training size")
     p.add_argument("--no-fqe", action="store_true", help="skip FQE (and DR/WDR) for a quick look")
+    p.add_argument("--llm-in-model", action="store_true",
+                   help="also play LLM policies in the world model (in-model value; a third pass of slow decisions)")
     p.add_argument("--stall-minutes", type=float, default=180.0,
                    help="report the policies still running as failed when none finishes for this long (default 180)")
     p.add_argument("--out", help="report folder (default RUN_DIR/eval)")
@@ -69,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(policies=tuple(names), patients=args.episodes, llm_patients=args.llm_episodes,
                      llm_ope_episodes=args.llm_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
                      seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
-                     fqe=not args.no_fqe, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
+                     fqe=not args.no_fqe, llm_in_model=args.llm_in_model, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
     load_logged(sources, cfg, cfg.split, 2)  # propensities present (or estimable) before any work starts
     out = Path(args.out) if args.out else Path(sources.run_dir or ".") / "eval"
     _check_writable(out)

@@ -42,6 +42,8 @@ class EvalConfig:
     engine: str = "transformers"
     behaviour: str = "logged"  # "logged" propensities, or "estimate" them (imported cohorts)
     fqe: bool = True
+    # LLM policies played in the world model too: a third pass of slow decisions, off unless asked for
+    llm_in_model: bool = False
     window: int = 4
 
     def __post_init__(self) -> None:
@@ -168,7 +170,7 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
             "safety": _rates(safety_metrics(data.states, names, data.last_actions(), probs, mode="expected")),
             "action_table": action_table(probs), "dose_by_state": dose_by_state(data.states, names, probs),
         })
-        if sources.world_model is not None:
+        if sources.world_model is not None and (cfg.llm_in_model or not is_llm):
             out["ope"]["wm"] = _in_model(policy, sources, cfg, data, is_llm)
     if truth is not None:
         play = policy.with_epsilon(0.0) if hasattr(policy, "with_epsilon") else policy
