@@ -262,5 +262,10 @@ def load_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> P
     return _build(PipelineConfig, data, "", source)
 
 
+def config_from_dict(data: Any, source: str) -> PipelineConfig:
+    """A config from an already parsed mapping (a run folder's saved ``config.yaml``); missing keys take defaults."""
+    return _build(PipelineConfig, data or {}, "", source)
+
+
 def dump_config(config: PipelineConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

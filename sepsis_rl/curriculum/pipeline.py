@@ -23,7 +23,7 @@ import yaml
 
 from sepsis_rl import storage
 from sepsis_rl.checkpoint import atomic_dir
-from sepsis_rl.curriculum.config import ConfigError, PipelineConfig, dump_config
+from sepsis_rl.curriculum.config import ConfigError, PipelineConfig, config_from_dict, dump_config
 from sepsis_rl.curriculum.run_dir import RunDir
 from sepsis_rl.curriculum.run_lock import RunLock
 from sepsis_rl.ray_start import start_ray as _start_ray
@@ -58,7 +58,8 @@ def _check_resume(run: RunDir, cfg: PipelineConfig, resume: bool) -> bool:
         return False
     if not resume:
         raise FileExistsError(f"{run.location} already holds a run: pass --resume to continue it, or choose another --out")
-    if yaml.safe_load(storage.read_text(saved)) != cfg.to_dict():
+    # compared as configs, so keys that a newer version added (at their defaults) do not block a resume
+    if config_from_dict(yaml.safe_load(storage.read_text(saved)), str(saved)).to_dict() != cfg.to_dict():
         raise ConfigError(f"{saved} differs from the requested configuration: a resumed run keeps its config")
     return True
 
