@@ -54,8 +54,8 @@ def test_node_local_run_dir_is_caught_and_a_shared_one_runs_across_nodes(two_nod
     cfg = _cfg(**{"cluster.learner_cpus": 1.0, "cluster.learner_placement": "STRICT_SPREAD",
                   "cluster.simulator_resources": {"simulator": 0.01}})
     summary = run_pipeline(cfg, PipelineOptions(str(run)))
-    assert set(summary["stages"]) == {"cohort", "world_model", "sft", "bc", "rl", "evaluate"}
-    assert (run / "agent" / "model.safetensors").exists()
+    assert set(summary["stages"]) == {"cohort", "world_model", "sft", "bc", "rl", "final", "evaluate"}
+    assert (run / "agent" / "model" / "model.safetensors").exists()
     state = json.loads((run / "state.json").read_text())
     assert state["stages"]["sft"]["output"] == "sft/model"  # relative to the run folder
 
