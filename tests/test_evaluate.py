@@ -19,13 +19,24 @@ def cohort(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_cohort_reports_truth_estimates_and_safety(cohort, tmp_path, capsys):
-    out = tmp_path / "report"
+def test_evaluate_cohort_reports_truth_estimates_and_safety(cohort, tmp_path, capsys, monkeypatch):
+    import sepsis_rl.eval.run as run_mod
+
+    out, partials = tmp_path / "report", []
+    real_partial = run_mod.write_partial
+
+    def spy(report, path):  # each finished policy is on disk before the next one finishes
+        real_partial(report, path)
+        partials.append(sorted(json.loads(open(path).read())["policies"]))
+
+    monkeypatch.setattr(run_mod, "write_partial", spy)
     rc = main(["evaluate", "--cohort", str(cohort), "--policies", "clinician,random,no_treatment,guideline",
                "--bootstrap", "30", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.md").exists() and list(out.glob("*.png"))
+    assert [len(p) for p in partials] == [1, 2, 3] and set(partials[-1]) < set(report["policies"])
+    assert not (tmp_path / "report.partial.json").exists()  # the whole report replaced it
     pol = report["policies"]
     assert set(pol) == {"clinician", "random", "no_treatment", "guideline"}
     clin = pol["clinician"]

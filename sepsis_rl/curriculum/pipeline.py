@@ -267,7 +267,7 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
     """``sepsis-rl evaluate`` on this run; its headline (true value and DR) goes into summary.json."""
     from sepsis_rl.eval.evaluate import EvalConfig
     from sepsis_rl.eval.registry import Sources
-    from sepsis_rl.eval.run import run_evaluation, write_outputs
+    from sepsis_rl.eval.run import run_evaluation, write_outputs, write_partial
 
     if not cfg.evaluate.enabled:
         return run.uri("eval"), {"skipped": True}
@@ -275,9 +275,11 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
     ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
                       patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_patients,
                       gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines, engine=cfg.rollout.engine)
-    report = run_evaluation(Sources.from_run(run.root), ecfg)  # the local (staged) run folder
+    partial = run.path("eval.partial.json")  # what finished survives a stop of a long LLM evaluation
+    report = run_evaluation(Sources.from_run(run.root), ecfg, on_partial=lambda r: write_partial(r, partial))
     with atomic_dir(run.path("eval")) as tmp:
         write_outputs(report, tmp)
+    Path(partial).unlink(missing_ok=True)
     run.publish("eval")
     headline = {}
     for name in HEADLINE:

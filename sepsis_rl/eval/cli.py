@@ -49,7 +49,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sepsis_rl.eval.evaluate import EvalConfig, load_logged
     from sepsis_rl.eval.llm_policy import LLMProbConfig
     from sepsis_rl.eval.registry import COHORT_POLICIES, DEFAULT_POLICIES, LLM_POLICIES, check_names
-    from sepsis_rl.eval.run import run_evaluation, write_outputs
+    from sepsis_rl.eval.run import run_evaluation, write_outputs, write_partial
 
     sources = _sources(args)
     read_spec(sources.cohort)  # a missing or malformed cohort fails here, in one line
@@ -79,7 +79,9 @@ def _evaluate(args: argparse.Namespace) -> int:
              "yes" if has_truth else "no ground truth", ", ".join(n for n in names if n in LLM_POLICIES) or "none")
     if args.stall_minutes <= 0:
         raise CohortInputError(f"--stall-minutes must be > 0, got {args.stall_minutes}")
-    report = run_evaluation(sources, cfg, task_timeout_s=60 * args.stall_minutes)
+    partial = out.with_name(f"{out.name}.partial.json")
+    report = run_evaluation(sources, cfg, task_timeout_s=60 * args.stall_minutes,
+                            on_partial=lambda r: write_partial(r, partial))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -87,6 +89,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        partial.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(_headline(report, out))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,8 +18,12 @@ REFERENCE = "clinician"
 RLLIB_POLICIES = ("bc", "marwil")
 
 
-def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | None = None) -> dict[str, Any]:
-    """Evaluate ``cfg.policies`` (the clinician always, as the reference); returns the report dict."""
+def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | None = None,
+                   on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.policies`` (the clinician always, as the reference); returns the report dict.
+
+    ``on_partial`` receives the report of the policies finished so far after each one finishes, so a
+    stopped evaluation keeps what it measured (LLM policies can take an hour on a laptop)."""
     import ray
     from tqdm import tqdm
 
@@ -48,6 +53,8 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
                     results[name] = failed(name, getattr(e, "cause", None) or e)
                 bar.set_postfix_str(f"{name}: {results[name]['status']}")
                 bar.update()
+                if on_partial is not None and pending:
+                    on_partial(assemble(sources, cfg, copy.deepcopy({n: results[n] for n in names if n in results})))
     finally:
         if started:
             ray.shutdown()
@@ -129,3 +136,14 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     from sepsis_rl.eval.report import write_report
 
     return write_report(report, out_dir)
+
+
+def write_partial(report: dict[str, Any], path: str | Path) -> None:
+    """The policies finished so far (``report.json``'s schema), replaced atomically after each one."""
+    import json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    os.replace(tmp, path)
+    log.info("partial report (%d policies) -> %s", len(report["policies"]), path)
