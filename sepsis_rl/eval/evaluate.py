@@ -154,6 +154,7 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
     from sepsis_rl.eval.safety import action_table, dose_by_state, safety_metrics
 
     t0 = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a Ray worker's log
     truth = _truth_or_none(sources.cohort)
     policy = build_policy(name, sources, cfg, truth)
     is_llm = name in LLM_POLICIES

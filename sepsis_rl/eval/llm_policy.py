@@ -14,6 +14,8 @@ Ground-truth rollouts play the decision itself (``epsilon = 0`` there, so truth 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +23,8 @@ import numpy as np
 
 from sepsis_rl.cohort.spec import N_ACTIONS, CohortSpec
 from sepsis_rl.eval.policy import DecisionBatch, Policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class LLMPolicy(Policy):
         prev = [batch.history[i, -2] if batch.lengths[i] >= 2 else None for i in range(n)]
         last = [int(a) if a >= 0 else None for a in batch.last_action]
         counts = np.zeros((n, N_ACTIONS))
+        t0 = time.perf_counter()
         rounds = 1 if self.cfg.mode == "epsilon" else self.cfg.samples
         for r in range(rounds):
             records = [EpisodeRecord(int(e), int(e), 0, self.agent.cfg.use_simulator) for e in ids]
@@ -87,6 +92,10 @@ class LLMPolicy(Policy):
             counts[np.arange(n), acts] += 1
             self._count(records)
         sim.release(ids)
+        dt = time.perf_counter() - t0
+        # progress of a long LLM evaluation: the task's log (Ray dashboard, Jobs/Tasks -> logs)
+        log.info("%s: %d decisions at step %d in %.1f s (%.2f decisions/s; %d so far)", self.name, n * rounds,
+                 int(batch.steps.max(initial=0)), dt, n * rounds / max(dt, 1e-9), self.decisions)
         probs = counts / rounds
         eps = self.cfg.epsilon
         return (1 - eps) * probs + eps / N_ACTIONS
