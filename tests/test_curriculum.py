@@ -93,3 +93,6 @@ def test_presets_load_and_bad_keys_are_named(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="not a preset"):
         load_config("nope")
+    assert load_config("tiny", {"evaluate.engine": "vllm"}).evaluate.engine == "vllm"
+    with pytest.raises(ConfigError, match="evaluate.engine must be"):
+        load_config("tiny", {"evaluate.engine": "onnx"})

@@ -102,6 +102,9 @@ class EvalStage:
     bootstrap: int = 200
     gamma: float = 0.99
     baselines: str = "default"  # offline-RL training size: default or tiny
+    # engine of the LLM policies' decisions ("" = rollout.engine); vLLM's prefix cache makes CPU decisions
+    # ~3x faster (README "Evaluation"), after `bash .ci/vllm_env`
+    engine: str = ""
 
 
 @dataclass
@@ -156,6 +159,8 @@ class PipelineConfig:
             raise ConfigError(f"rl.endings must be expected or sample, got {self.rl.endings!r}")
         if self.rollout.engine not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.engine must be transformers or vllm, got {self.rollout.engine!r}")
+        if self.evaluate.engine not in ("", "transformers", "vllm"):
+            raise ConfigError(f"evaluate.engine must be transformers, vllm or empty (the rollout engine), got {self.evaluate.engine!r}")
         if self.bc.target not in ("simulation", "clinician"):
             raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {self.bc.target!r}")
         if self.evaluate.llm_patients < 2 or self.evaluate.bootstrap < 1 or self.evaluate.patients < 0:

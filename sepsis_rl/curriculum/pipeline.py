@@ -274,7 +274,8 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
     e = cfg.evaluate
     ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
                       patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_patients,
-                      gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines, engine=cfg.rollout.engine)
+                      gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines,
+                      engine=e.engine or cfg.rollout.engine)
     partial = run.path("eval.partial.json")  # what finished survives a stop of a long LLM evaluation
     report = run_evaluation(Sources.from_run(run.root), ecfg, on_partial=lambda r: write_partial(r, partial))
     with atomic_dir(run.path("eval")) as tmp:
