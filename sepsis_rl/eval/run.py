@@ -34,7 +34,9 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
                  _node_ip_address="127.0.0.1")
         started = True
     try:
-        task = ray.remote(max_retries=0)(evaluate_one)
+        # a fresh worker process per policy: a second vLLM engine in a reused worker fails to start (its
+        # predecessor's engine processes and shared-memory tracker linger), and memory is returned between policies
+        task = ray.remote(max_retries=0, max_calls=1)(evaluate_one)
         refs = {task.options(num_cpus=task_cpus(n)).remote(n, sources, cfg): n for n in names}
         results: dict[str, dict[str, Any]] = {}
         with tqdm(total=len(refs), desc="evaluating policies") as bar:
