@@ -20,6 +20,7 @@ from ray import serve
 
 from serve.agent_dir import AgentDir, load_agent_dir
 from serve.metrics import AgentMetrics
+from sepsis_rl.agent.fallback import Fallback
 from sepsis_rl.cohort.spec import N_BINS
 
 SimulateFn = Callable[[list[np.ndarray], np.ndarray, int], Any]
@@ -81,7 +82,9 @@ class AgentService:
 
         key = (k, horizon, temperature, simulate)
         if key not in self._agents:
-            cfg = replace(AgentConfig(), k=k, horizon=horizon, temperature=temperature, use_simulator=simulate)
+            s = self.agent_dir.settings
+            cfg = replace(AgentConfig(), k=k, horizon=horizon, temperature=temperature, use_simulator=simulate,
+                          prompt_style=s.prompt_style, fallback=Fallback(s.fallback))
             self._agents[key] = PSRAgent(self.engine, self.engine.tokenizer, self.agent_dir.spec, cfg)
         return self._agents[key]
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sepsis_rl.agent.fallback import Fallback
+from sepsis_rl.agent.prompts import check_style
 from sepsis_rl.cohort.spec import CohortSpec
 from sepsis_rl.cohort.validation import CohortInputError
 
@@ -36,6 +38,8 @@ class AgentSettings:
     k: int = 3
     horizon: int = 4
     temperature: float = 0.0
+    prompt_style: str = "verbose"  # agents exported before styles were recorded read the verbose prompt
+    fallback: str = "repeat_last"  # ... and fell back to the running prescription
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,9 @@ def load_agent_dir(path: str | Path) -> AgentDir:
     spec = CohortSpec.from_dict(wm_config["spec"])
     a = meta.get("agent") or {}
     try:
-        settings = AgentSettings(int(a.get("k", 3)), int(a.get("horizon", 4)), float(a.get("temperature", 0.0)))
+        settings = AgentSettings(int(a.get("k", 3)), int(a.get("horizon", 4)), float(a.get("temperature", 0.0)),
+                                 check_style(str(a.get("prompt_style", "verbose"))),
+                                 Fallback(str(a.get("fallback", "repeat_last"))).value)
     except (TypeError, ValueError) as e:
         raise AgentDirError(f"{meta_file}: field 'agent': {e}") from e
     medians, source = _medians(root, meta, spec, wm_config)

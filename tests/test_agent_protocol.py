@@ -95,15 +95,26 @@ def test_observation_and_tool_rendering():
     state[names.index("MeanBP")], state[names.index("Arterial_lactate")], state[names.index("age")] = 58, 4.2, 71
     prev = state.copy()
     prev[names.index("MeanBP")] = 62
-    text = ObservationRenderer(spec).render(state, prev, step=2, last_action=11)
+    text = ObservationRenderer(spec, "verbose").render(state, prev, step=2, last_action=11)
     assert "Hour 8" in text and "MAP 58 mmHg (-4)" in text and "Lactate 4.2 mmol/L (+0.0)" in text
     assert "F2V1 (fluid 250-500 mL/4h, vasopressor 0-0.08 mcg/kg/min" in text and "71 y" in text
-    tool = render_simulation([11, 0], np.array([[60, 66.4]] * 2), np.array([[4, 3.04]] * 2), np.array([[9, 8]] * 2),
-                             np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9), np.array([2.34, -1.0]),
-                             np.array([0.2, 0.05]))
+    args = ([11, 0], np.array([[60, 66.4]] * 2), np.array([[4, 3.04]] * 2), np.array([[9, 8]] * 2),
+            np.array([0.12, 0.3]), np.array([0.2, 0.25]), (58, 4.2, 9), np.array([2.34, -1.0]), np.array([0.2, 0.05]))
+    tool = render_simulation(*args, style="verbose")
     assert ("F2V1: outcome +2.3, death risk 12%, discharge 20%, MAP 58->66 mmHg, lactate 4.2->3.0 mmol/L, SOFA 9->8, "
             "uncertainty 0.20") in tool
-    assert "<propose>" in system_prompt(3) and "<propose>" not in system_prompt(3, use_simulator=False)
+    for style in ("compact", "verbose"):
+        assert "<propose>" in system_prompt(3, style=style) and "<propose>" not in system_prompt(3, False, style)
+    # compact (the default): one line of values with 4-hour changes, the running treatment, a terse tool output
+    text = ObservationRenderer(spec).render(state, prev, step=2, last_action=11)
+    assert text.startswith("Hour 8. 71 y") and "MAP 58 (-4), " in text and "Lactate 4.2 (+0.0)" in text
+    assert text.endswith("Last 4 h: F2V1.") and len(text.splitlines()) == 3
+    assert "mmol/L" in system_prompt(3) and "higher outcome is better" in system_prompt(3)
+    tool = render_simulation(*args)
+    assert tool.splitlines()[1:3] == ["F2V1: outcome +2.3, death 12%, MAP 66, lactate 3.0, SOFA 8",
+                                      "F0V0: outcome -1.0, death 30%, MAP 66, lactate 3.0, SOFA 8"]
+    with pytest.raises(ValueError, match="prompt style"):
+        ObservationRenderer(spec, "chatty")
 
 
 def test_safety_rules_and_shaping_by_hand():

@@ -32,14 +32,16 @@ def test_cohort_rows_history_and_previous(rows):
 
 def test_dynamics_samples_train_only_on_the_answer(rows, tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    samples = dynamics_samples(rows, tok, 4, seed=0)
-    assert len(samples) == 4
-    for s in samples:
-        answer = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if m])
-        prompt = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if not m])
-        assert answer.startswith("MAP ") and "mmHg" in answer and answer.rstrip().endswith("<|im_end|>")
-        assert "Treatment for the next 4 h: F" in prompt and "MAP" in prompt
-        assert s.loss_mask == sorted(s.loss_mask)  # the answer is one block at the end
+    for style, unit, lines in (("verbose", "mmHg", 17), ("compact", "", 1)):
+        samples = dynamics_samples(rows, tok, 4, seed=0, style=style)
+        assert len(samples) == 4
+        for s in samples:
+            answer = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if m])
+            prompt = tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if not m])
+            assert answer.startswith("MAP ") and unit in answer and answer.rstrip().endswith("<|im_end|>")
+            assert len(answer.strip().splitlines()) == lines and ("mmHg" in answer) == (style == "verbose")
+            assert "Treatment for the next 4 h: F" in prompt and "MAP" in prompt
+            assert s.loss_mask == sorted(s.loss_mask)  # the answer is one block at the end
 
 
 def test_alternative_candidates_rule():

@@ -1,8 +1,14 @@
 """What the agent reads: the system prompt, the rendered observation and the rendered tool output.
 
-The observation is compact on purpose (a 135M-parameter model has a short attention span and every
-token costs rollout time): the features a bedside clinician looks at first, each with its unit and its
-change over the last 4 hours, plus the running treatment.
+The observation shows the features a bedside clinician looks at first, each with its change over the
+last 4 hours, plus the running treatment. Two styles, recorded in the agent's config (a model reads
+the style it was trained on):
+* ``compact`` (default): one line of values, units once in the system prompt, a terse tool output with
+  the outcome score first. About half the tokens of ``verbose`` (measured with SmolLM2's tokenizer:
+  system 233 -> ~130, observation 303 -> ~170, tool output 194 -> ~90), and every prompt token is paid
+  for twice per decision at rollout time and again by the learner.
+* ``verbose``: one line per feature with its unit, the dose ranges of the running treatment, and the tool
+  output with MAP / lactate / SOFA transitions and uncertainty (agents trained before the compact style).
 """
 
 from __future__ import annotations
@@ -27,6 +33,27 @@ predicts each candidate's effect over the next hours; its "outcome" score is the
 
 DIRECT_MODE = "Answer with one prescription as <prescribe>F?V?</prescribe>."
 
+PROMPT_STYLES = ("compact", "verbose")
+
+COMPACT_SYSTEM = """ICU sepsis physician. Every 4 h choose IV fluid and norepinephrine doses, written F<f>V<v>, \
+bins 0 (none) to 4 (highest). Surviving Sepsis Campaign: fluids for hypoperfusion (low MAP, high lactate); \
+target MAP 65; norepinephrine when MAP stays low; avoid fluid overload; wean vasopressors when MAP is high.
+Units: MAP, SBP mmHg; lactate mmol/L; urine, fluid balance mL; (+/-) is the change over 4 h.
+{mode}"""
+
+COMPACT_PSR_MODE = """Propose {k} different candidates: <propose>F?V?; F?V?; F?V?</propose>. A simulator scores \
+each; higher outcome is better. Then prescribe one: <prescribe>F?V?</prescribe>."""
+
+# labels of the compact observation (shorter where SmolLM2's tokenizer splits the verbose one)
+COMPACT_LABELS = {"Creatinine": "Creat", "Urine 4h": "Urine", "PaO2/FiO2": "P/F", "Ventilated": "Vent",
+                  "Fluid balance": "Balance", "Platelets": "Plt", "Bilirubin": "Bili"}
+
+
+def check_style(style: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    return style
+
 # (feature, label, decimals), in the order a clinician reads them; missing ones are skipped
 BEDSIDE_FEATURES: tuple[tuple[str, str, int], ...] = (
     ("MeanBP", "MAP", 0), ("HR", "HR", 0), ("SysBP", "SBP", 0), ("RR", "RR", 0), ("SpO2", "SpO2", 0),
@@ -37,7 +64,9 @@ BEDSIDE_FEATURES: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def system_prompt(k: int, use_simulator: bool = True) -> str:
+def system_prompt(k: int, use_simulator: bool = True, style: str = "compact") -> str:
+    if check_style(style) == "compact":
+        return COMPACT_SYSTEM.format(mode=COMPACT_PSR_MODE.format(k=k) if use_simulator else DIRECT_MODE)
     return SYSTEM_PROMPT.format(mode=PSR_MODE.format(k=k) if use_simulator else DIRECT_MODE)
 
 
@@ -59,6 +88,10 @@ class ObservationRenderer:
     """Renders a charted state (real units) with trends for one decision."""
 
     spec: CohortSpec
+    style: str = "compact"
+
+    def __post_init__(self) -> None:
+        check_style(self.style)
 
     def rows(self) -> list[tuple[int, str, str, int]]:
         names = self.spec.feature_names
@@ -68,6 +101,8 @@ class ObservationRenderer:
         return chosen
 
     def render(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
+        if self.style == "compact":
+            return self._compact(state, previous, step, last_action)
         lines = [f"Hour {4 * step} of the ICU stay (decision {step + 1})."]
         lines.append(self._patient_line(state))
         for i, label, unit, dec in self.rows():
@@ -82,6 +117,18 @@ class ObservationRenderer:
         else:
             lines.append(f"Last 4 h: {render_action(last_action)} ({dose_text(self.spec, last_action)}).")
         return "\n".join(lines)
+
+    def _compact(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
+        items = []
+        for i, label, _, dec in self.rows():
+            item = f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}"
+            if previous is not None and label != "Ventilated":
+                delta = state[i] - previous[i]
+                item += f" ({'+' if delta >= 0 else '-'}{abs(delta):.{dec}f})"
+            items.append(item)
+        last = "none yet" if last_action is None else render_action(last_action)
+        return (f"Hour {4 * step}. {self._patient_line(state)[len('Patient: '):]}\n" + ", ".join(items)
+                + f"\nLast 4 h: {last}.")
 
     def _patient_line(self, state: np.ndarray) -> str:
         names = self.spec.feature_names
@@ -98,7 +145,7 @@ class ObservationRenderer:
 def render_simulation(
     candidates: list[int], map_: np.ndarray, lactate: np.ndarray, sofa: np.ndarray, risk: np.ndarray,
     uncertainty: np.ndarray, current: tuple[float, float, float], expected_return: np.ndarray | None = None,
-    discharge: np.ndarray | None = None,
+    discharge: np.ndarray | None = None, style: str = "compact",
 ) -> str:
     """Tool output: per candidate, what ranks it first (the expected outcome score: the RL reward expected
     over the horizon; the world model's one-step expected return ranks the 25 actions like the truth,
@@ -109,6 +156,8 @@ def render_simulation(
     """
     h = map_.shape[1]
     cur_map, cur_lac, cur_sofa = current
+    if check_style(style) == "compact":
+        return _compact_simulation(candidates, map_, lactate, sofa, risk, expected_return, h)
     lines = [f"<simulation hours=\"{4 * h}\">"]
     for k, a in enumerate(candidates):
         head = f"{render_action(a)}: "
@@ -124,9 +173,22 @@ def render_simulation(
     return "\n".join(lines)
 
 
-def render_result(result: "object", i: int, candidates: list[int], current: tuple[float, float, float]) -> str:
+def _compact_simulation(candidates: list[int], map_: np.ndarray, lactate: np.ndarray, sofa: np.ndarray,
+                        risk: np.ndarray, expected_return: np.ndarray | None, h: int) -> str:
+    """One line per candidate: outcome score (what ranks them), death risk, MAP / lactate / SOFA after ``h`` steps."""
+    lines = [f"<simulation hours=\"{4 * h}\">"]
+    for k, a in enumerate(candidates):
+        score = f"outcome {expected_return[k]:+.1f}, " if expected_return is not None else ""
+        lines.append(f"{render_action(a)}: {score}death {100 * risk[k]:.0f}%, MAP {map_[k, -1]:.0f}, "
+                     f"lactate {lactate[k, -1]:.1f}, SOFA {sofa[k, -1]:.0f}")
+    lines.append("</simulation>")
+    return "\n".join(lines)
+
+
+def render_result(result: "object", i: int, candidates: list[int], current: tuple[float, float, float],
+                  style: str = "compact") -> str:
     """``render_simulation`` for patient ``i`` of a ``SimulationResult`` (one place decides what is shown)."""
     r = result
     return render_simulation(candidates, r.map[i], r.lactate[i], r.sofa[i], r.risk_of_death[i],  # type: ignore[attr-defined]
                              r.uncertainty[i], current, getattr(r, "expected_return", None)[i],  # type: ignore[attr-defined,index]
-                             getattr(r, "risk_of_discharge", None)[i])  # type: ignore[index]
+                             getattr(r, "risk_of_discharge", None)[i], style)  # type: ignore[index]

@@ -98,7 +98,9 @@ class EvalStage:
     policies: str = ("clinician,random,no_treatment,guideline,wm_planner,wm_planner_k3,wd3qne,cql,bc,agent,"
                      "agent_no_sim,base_llm_wm")
     patients: int = 0  # test patients for the true values of non-LLM policies (0: all)
-    llm_patients: int = 50  # test patients for the true values of LLM policies
+    llm_patients: int = 50  # test patients for the true values of the final agent (and agent_no_sim)
+    stage_patients: int = 0  # ... of the stage checkpoints (base_llm_wm, after_sft, after_bc); 0: llm_patients
+    llm_stays: int = 0  # logged test stays for the LLM policies' off-policy estimates; 0: llm_patients
     bootstrap: int = 200
     gamma: float = 0.99
     baselines: str = "default"  # offline-RL training size: default or tiny
@@ -115,6 +117,7 @@ class RolloutSetup:
     k: int = 3
     horizon: int = 3
     temperature: float = 1.0
+    prompt_style: str = "compact"  # sepsis_rl/agent/prompts.py: compact or verbose (recorded in agent.yaml)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
@@ -163,8 +166,10 @@ class PipelineConfig:
             raise ConfigError(f"evaluate.engine must be transformers, vllm or empty (the rollout engine), got {self.evaluate.engine!r}")
         if self.bc.target not in ("simulation", "clinician"):
             raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {self.bc.target!r}")
-        if self.evaluate.llm_patients < 2 or self.evaluate.bootstrap < 1 or self.evaluate.patients < 0:
-            raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients >= 0")
+        e = self.evaluate
+        if e.llm_patients < 2 or e.bootstrap < 1 or e.patients < 0 or e.stage_patients < 0 or e.llm_stays < 0:
+            raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients, "
+                              "evaluate.stage_patients and evaluate.llm_stays >= 0")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
             raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
         check_ranges(self)
@@ -195,7 +200,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "rl.kl_estimator": (lambda v: v in ("k1", "k2", "k3"), "one of k1, k2, k3"),
     "rl.loss_agg": (lambda v: v in ("token-mean", "seq-mean"), "one of token-mean, seq-mean"),
     **{f"rollout.{k}": _POSITIVE_INT for k in ("workers", "batch_episodes", "k", "horizon")},
-    "rollout.temperature": _NONNEG, "rollout.cpus_per_worker": _NONNEG, "rollout.gpus_per_worker": _NONNEG,
+    "rollout.temperature": _NONNEG,
+    "rollout.prompt_style": (lambda v: v in ("compact", "verbose"), "one of compact, verbose"), "rollout.cpus_per_worker": _NONNEG, "rollout.gpus_per_worker": _NONNEG,
     **{f"cluster.{k}": _POSITIVE_INT for k in ("learner_workers", "threads", "simulator_shards")},
     "cluster.zero_stage": (lambda v: v in (0, 1, 2, 3), "one of 0, 1, 2, 3"),
     "cluster.learner_cpus": _NONNEG, "cluster.learner_gpus": _NONNEG, "cluster.simulator_cpus": _NONNEG,

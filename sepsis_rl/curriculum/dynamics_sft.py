@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sepsis_rl.agent.grammar import render_action
-from sepsis_rl.agent.prompts import ObservationRenderer, dose_text
+from sepsis_rl.agent.prompts import COMPACT_LABELS, ObservationRenderer, dose_text
 from sepsis_rl.curriculum.cohort_rows import CohortRows
 from sepsis_rl.learner.batch import Sample
 
@@ -21,12 +21,15 @@ DYNAMICS_SYSTEM = ("You are a clinical simulator. Given an ICU patient with seps
 
 
 def render_next_state(renderer: ObservationRenderer, state: np.ndarray) -> str:
-    """The answer: the bedside rows of the renderer, values and units only."""
+    """The answer: the bedside rows of the renderer, values and units only (values only, one line, compact)."""
+    if renderer.style == "compact":
+        return ", ".join(f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}" for i, label, _, dec in renderer.rows())
     return "\n".join(f"{label} {state[i]:.{dec}f} {unit}" for i, label, unit, dec in renderer.rows())
 
 
-def dynamics_samples(rows: CohortRows, tokenizer: Any, n: int, seed: int) -> list[Sample]:
-    renderer = ObservationRenderer(rows.spec)
+def dynamics_samples(rows: CohortRows, tokenizer: Any, n: int, seed: int, style: str = "compact") -> list[Sample]:
+    """``n`` (observation, treatment) -> next-state samples, rendered in the agent's prompt ``style``."""
+    renderer = ObservationRenderer(rows.spec, style)
     out = []
     for i in rows.sample(n, np.random.default_rng(seed), need_next=True):
         prev, last = rows.previous(int(i))

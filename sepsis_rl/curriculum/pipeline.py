@@ -168,8 +168,9 @@ def stage_sft(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[
     init = base_model_path(cfg, run)
     tok = AutoTokenizer.from_pretrained(storage.local_copy(init))
     cohort = run.local("cohort")
-    train = dynamics_samples(CohortRows.load(cohort, "train"), tok, cfg.sft.samples, cfg.seed)
-    heldout = dynamics_samples(CohortRows.load(cohort, "val"), tok, cfg.sft.heldout_samples, cfg.seed + 1)
+    style = cfg.rollout.prompt_style
+    train = dynamics_samples(CohortRows.load(cohort, "train"), tok, cfg.sft.samples, cfg.seed, style)
+    heldout = dynamics_samples(CohortRows.load(cohort, "val"), tok, cfg.sft.heldout_samples, cfg.seed + 1, style)
     metrics = _supervised(cfg, run, "sft", init, train, heldout, cfg.sft.lr, cfg.sft.micro_batch, cfg.sft.grad_accum,
                           cfg.sft.epochs)
     return run.uri("sft", "model"), {"base_model": run.relative(init), **metrics}
@@ -249,7 +250,8 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
         (tmp / "agent.yaml").write_text(yaml.safe_dump({
             "model": "model", "world_model": "world_model", "cohort_spec": "cohort.json",
             "feature_medians": "feature_medians.json",
-            "agent": {"k": cfg.rollout.k, "horizon": cfg.rollout.horizon, "temperature": 0.0},
+            "agent": {"k": cfg.rollout.k, "horizon": cfg.rollout.horizon, "temperature": 0.0,
+                      "prompt_style": cfg.rollout.prompt_style, "fallback": "best_candidate"},
             "config": cfg.to_dict(),
         }, sort_keys=False))
     run.publish("agent")
@@ -260,7 +262,10 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
     return run.uri("agent"), dict(comparison)
 
 
-HEADLINE = ("agent", "clinician", "random", "wm_planner", "wm_planner_k3")
+# the curriculum's stages (base model with the tool, after SFT, after BC, the final agent after RL) beside
+# the clinician, the planners (the agent's ceiling with its own tool; the oracle's with the true one)
+HEADLINE = ("base_llm_wm", "after_sft", "after_bc", "agent", "clinician", "random", "wm_planner", "wm_planner_k3",
+            "oracle_planner_k3")
 
 
 def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:
@@ -273,7 +278,8 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
         return run.uri("eval"), {"skipped": True}
     e = cfg.evaluate
     ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
-                      patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_patients,
+                      patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_stays or e.llm_patients,
+                      stage_patients=e.stage_patients or None,
                       gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines,
                       engine=e.engine or cfg.rollout.engine)
     partial = run.path("eval.partial.json")  # what finished survives a stop of a long LLM evaluation
@@ -291,6 +297,11 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
         headline[name] = {"status": p["status"], "true_return": t and t["return"], "true_return_ci": t and t["return_ci"],
                           "true_survival": t and t["survival"], "true_survival_ci": t and t["survival_ci"],
                           "true_patients": t and t["n_patients"], "dr": dr and dr.get("value"), "dr_ci": dr and dr.get("ci")}
+        if t and "diff_survival_vs_clinician" in t:  # paired on the same patients
+            headline[name] |= {"survival_vs_clinician": t["diff_survival_vs_clinician"],
+                               "survival_vs_clinician_ci": t.get("diff_survival_ci")}
+        if p.get("llm"):
+            headline[name] |= {k: p["llm"][k] for k in ("parse_failure_rate", "fallback_rate") if k in p["llm"]}
     run.set_summary("evaluation", {"value_kinds": "true = ground-truth simulator; dr = off-policy estimate (logged "
                                    "test stays, 95% bootstrap CI)", "gamma": e.gamma, "policies": headline})
     failed = [n for n, p in report["policies"].items() if p["status"] != "ok"]

@@ -15,7 +15,6 @@ import numpy as np
 
 from sepsis_rl.agent.fallback import default_candidates
 from sepsis_rl.agent.grammar import render_prescription, render_proposal
-from sepsis_rl.agent.prompts import render_result
 from sepsis_rl.curriculum.cohort_rows import CohortRows
 from sepsis_rl.learner.batch import Sample
 from sepsis_rl.rollout.episodes import EpisodeRecord
@@ -62,7 +61,7 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
             chosen = int(rows.action[i])
             if res is not None:
                 proposal = render_proposal(list(cands[j]))
-                tool = render_result(res, j, list(cands[j]), agent._current(rows.states[i]))
+                tool = agent.tool_output(res, j, list(cands[j]), rows.states[i])
                 if target == "simulation":
                     chosen = prescription_by_simulation(list(cands[j]), res.expected_return[j])
             seg = agent.teacher_segment(obs, render_prescription(chosen), proposal, tool)

@@ -54,7 +54,7 @@ class RLInputs:
 
 def agent_config(cfg: PipelineConfig) -> AgentConfig:
     ro = cfg.rollout
-    return AgentConfig(k=ro.k, horizon=ro.horizon, temperature=ro.temperature)
+    return AgentConfig(k=ro.k, horizon=ro.horizon, temperature=ro.temperature, prompt_style=ro.prompt_style)
 
 
 def engine_options(cfg: PipelineConfig) -> dict[str, Any]:

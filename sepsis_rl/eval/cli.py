@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", help="comma-separated policy names (default: the standard set)")
     p.add_argument("--episodes", type=int, default=None, help="test patients for true values (default: all)")
     p.add_argument("--llm-episodes", type=int, default=50, help="test patients/stays for LLM policies (default 50)")
+    p.add_argument("--stage-episodes", type=int, default=None,
+                   help="test patients for the stage checkpoints (base_llm*, after_sft, after_bc; default: --llm-episodes)")
+    p.add_argument("--llm-stays", type=int, default=None,
+                   help="logged test stays for the LLM policies' off-policy estimates (default: --llm-episodes)")
     p.add_argument("--repeats", type=int, default=1, help="truth rollouts per patient (default 1)")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (default 200)")
@@ -63,13 +67,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(default)
     check_names(names, sources, has_truth)
     for flag, value, lo in (("--episodes", args.episodes, 2), ("--llm-episodes", args.llm_episodes, 2),
+                            ("--stage-episodes", args.stage_episodes, 2), ("--llm-stays", args.llm_stays, 1),
                             ("--repeats", args.repeats, 1), ("--bootstrap", args.bootstrap, 1), ("--samples", args.samples, 1)):
         if value is not None and value < lo:
             raise CohortInputError(f"{flag} must be >= {lo}, got {value}")
     if not 0 < args.gamma <= 1 or not 0 <= args.epsilon <= 1:
         raise CohortInputError("--gamma must be in (0, 1] and --epsilon in [0, 1]")
     cfg = EvalConfig(policies=tuple(names), patients=args.episodes, llm_patients=args.llm_episodes,
-                     llm_ope_episodes=args.llm_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
+                     llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
                      seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
                      fqe=not args.no_fqe, llm_in_model=args.llm_in_model, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
     load_logged(sources, cfg, cfg.split, 2)  # propensities present (or estimable) before any work starts

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sepsis_rl.eval.llm_policy import LLMProbConfig
-from sepsis_rl.eval.registry import BASELINE_NAMES, DEFAULT_POLICIES, LLM_POLICIES, Sources
+from sepsis_rl.eval.registry import BASELINE_NAMES, DEFAULT_POLICIES, LLM_POLICIES, STAGE_POLICIES, Sources
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class EvalConfig:
     patients: int | None = None  # test patients for true values of non-LLM policies (None: all)
     llm_patients: int = 50  # test patients for true values of LLM policies (decisions are slow on CPU)
     llm_ope_episodes: int = 50  # logged test stays on which LLM policies give probabilities
+    # true-value patients of the curriculum's stage checkpoints (base_llm, base_llm_wm, after_sft, after_bc):
+    # the first ``stage_patients`` of the agent's panel, so every stage is paired with the clinician on the
+    # same patients while the final agent gets the larger panel (None: llm_patients)
+    stage_patients: int | None = None
     repeats: int = 1
     gamma: float = 0.99
     n_boot: int = 200
@@ -49,6 +53,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.n_boot < 1 or not 0 < self.gamma <= 1 or self.llm_patients < 1:
             raise ValueError("repeats, n_boot and llm_patients must be >= 1 and gamma in (0, 1]")
+        if self.stage_patients is not None and self.stage_patients < 1 or self.llm_ope_episodes < 1:
+            raise ValueError("stage_patients and llm_ope_episodes must be >= 1")
+
+    def true_patients(self, name: str) -> int | None:
+        """How many test patients policy ``name`` plays in the ground truth (None: all)."""
+        if name in STAGE_POLICIES:
+            return self.stage_patients or self.llm_patients
+        return self.llm_patients if name in LLM_POLICIES else self.patients
         if self.behaviour not in ("logged", "estimate"):
             raise ValueError(f"behaviour must be 'logged' or 'estimate', got {self.behaviour!r}")
 
@@ -143,8 +155,11 @@ def _llm(name: str, sources: Sources, cfg: EvalConfig, spec: Any) -> Any:
              "after_bc": sources.bc_model}.get(name) or resolve_base_model(sources.base_model)
     use_sim = name not in ("agent_no_sim", "base_llm")
     wm = load_world_model(sources.world_model) if use_sim else None
-    k, horizon = int(sources.agent_cfg.get("k", 3)), int(sources.agent_cfg.get("horizon", 3))
-    return LLMPolicy(name, str(model), spec, wm, k, horizon, use_sim, cfg.engine, cfg.llm_probs, cfg.seed)
+    a = sources.agent_cfg
+    # agent.yaml written before prompt styles and fallbacks were recorded: the verbose style, repeat-last
+    return LLMPolicy(name, str(model), spec, wm, int(a.get("k", 3)), int(a.get("horizon", 3)), use_sim, cfg.engine,
+                     cfg.llm_probs, cfg.seed, prompt_style=str(a.get("prompt_style", "verbose")),
+                     fallback=str(a.get("fallback", "repeat_last")))
 
 
 # ------------------------------------------------------------------------------------- one policy
@@ -175,7 +190,7 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
             out["ope"]["wm"] = _in_model(policy, sources, cfg, data, is_llm)
     if truth is not None:
         play = policy.with_epsilon(0.0) if hasattr(policy, "with_epsilon") else policy
-        traj = _true_rollouts(play, sources, cfg, cfg.llm_patients if is_llm else cfg.patients)
+        traj = _true_rollouts(play, sources, cfg, cfg.true_patients(name))
         out["truth_arrays"] = {"patients": traj.patient_ids.tolist(), "returns": traj.returns.tolist(),
                                "survived": traj.survived.astype(int).tolist()}
         out["safety_true"] = _rates(safety_metrics(traj.row_state, names, traj.row_prev_action, traj.row_action, mode="argmax"))

@@ -46,9 +46,11 @@ class LLMPolicy(Policy):
 
     def __init__(self, name: str, model_path: str, spec: CohortSpec, world_model: Any | None, k: int = 3,
                  horizon: int = 3, use_simulator: bool = True, engine: str = "transformers",
-                 probs: LLMProbConfig = LLMProbConfig(), seed: int = 0, threads: int = 1):
+                 probs: LLMProbConfig = LLMProbConfig(), seed: int = 0, threads: int = 1, prompt_style: str = "compact",
+                 fallback: str = "best_candidate"):
         import torch
 
+        from sepsis_rl.agent.fallback import Fallback
         from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
         from sepsis_rl.rollout.worker import make_engine
         from world_model.simulation import SimulationConfig, WorldModelSimulator
@@ -61,7 +63,8 @@ class LLMPolicy(Policy):
         temperature = 0.0 if probs.mode == "epsilon" else probs.temperature
         self.engine = make_engine(engine, model_path)
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, spec,
-                              AgentConfig(k=k, horizon=horizon, use_simulator=use_simulator, temperature=temperature))
+                              AgentConfig(k=k, horizon=horizon, use_simulator=use_simulator, temperature=temperature,
+                                          fallback=Fallback(fallback), prompt_style=prompt_style))
         self.sim = WorldModelSimulator(world_model, SimulationConfig(stochastic=False, max_steps=10**6)) if world_model else None
         self.decisions = self.parse_failures = self.fallbacks = 0
 

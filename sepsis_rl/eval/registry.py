@@ -19,6 +19,7 @@ from sepsis_rl.cohort.validation import CohortInputError
 COHORT_POLICIES = ("clinician", "random", "no_treatment", "guideline", "wd3qne", "cql", "bcq", "bc", "marwil")
 MODEL_POLICIES = ("wm_planner", "wm_planner_k3", "oracle_planner", "oracle_planner_k3")
 LLM_POLICIES = ("agent", "agent_no_sim", "base_llm", "base_llm_wm", "after_sft", "after_bc")
+STAGE_POLICIES = ("base_llm", "base_llm_wm", "after_sft", "after_bc")  # the curriculum's stages before RL
 ALL_POLICIES = COHORT_POLICIES + MODEL_POLICIES + LLM_POLICIES
 DEFAULT_POLICIES = ("clinician", "random", "no_treatment", "guideline", "wm_planner", "wm_planner_k3", "wd3qne", "cql",
                     "bc", "agent", "agent_no_sim", "base_llm_wm")

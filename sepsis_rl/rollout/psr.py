@@ -39,7 +39,11 @@ class AgentConfig:
     k: int = 3  # candidates per proposal
     horizon: int = 4  # simulated 4-hour steps per candidate
     use_simulator: bool = True  # False: decide without tool calls
-    fallback: Fallback = Fallback.REPEAT_LAST
+    # an unparseable prescription: the simulated candidate with the best outcome score (the tool's own
+    # advice; with a failed proposal too, the candidates are then the documented defaults). REPEAT_LAST
+    # kept "no treatment" at a first decision, which cost failing agents survival for a format slip.
+    fallback: Fallback = Fallback.BEST_CANDIDATE
+    prompt_style: str = "compact"  # see sepsis_rl.agent.prompts; an agent reads the style it was trained on
     temperature: float = 1.0
     proposal_tokens: int = 48
     prescription_tokens: int = 16
@@ -51,9 +55,9 @@ class PSRAgent:
 
     def __init__(self, engine: GenerationEngine, tokenizer: Any, spec: CohortSpec, config: AgentConfig = AgentConfig()):
         self.engine, self.tok, self.spec, self.cfg = engine, tokenizer, spec, config
-        self.renderer = ObservationRenderer(spec)
+        self.renderer = ObservationRenderer(spec, config.prompt_style)
         self.safety = SafetyRules(spec.feature_names, config.shaping)
-        self.system = system_prompt(config.k, config.use_simulator)
+        self.system = system_prompt(config.k, config.use_simulator, config.prompt_style)
         names = spec.feature_names
         self._idx = {key: next((names.index(n) for n in opts if n in names), None)
                      for key, opts in (("map", ("MeanBP",)), ("lac", LACTATE_ALIASES), ("sofa", SOFA_ALIASES))}
@@ -87,6 +91,10 @@ class PSRAgent:
         seg.add(self._encode(prescription), generated=True)
         return seg
 
+    def tool_output(self, result: Any, i: int, candidates: list[int], state: np.ndarray) -> str:
+        """What the simulate tool shows for patient ``i`` of ``result``, in this agent's prompt style."""
+        return render_result(result, i, candidates, self._current(state), self.cfg.prompt_style)
+
     def _current(self, state: np.ndarray) -> tuple[float, float, float]:
         return tuple(float(state[i]) if i is not None else float("nan") for i in self._idx.values())  # type: ignore[return-value]
 
@@ -118,7 +126,7 @@ class PSRAgent:
             sim_res = sim.simulate(ids, np.array(cands, dtype=np.int64), cfg.horizon)
             sim_s = time.perf_counter() - t0
             for i in range(len(ids)):
-                tool = render_result(sim_res, i, cands[i], self._current(states[i]))
+                tool = self.tool_output(sim_res, i, cands[i], states[i])
                 risks[i] = -sim_res.expected_return[i]  # the best-candidate fallback takes the lowest "risk"
                 decisions[i].update(tool_output=tool, candidate_risk=[float(r) for r in sim_res.risk_of_death[i]],
                                     candidate_return=[float(r) for r in sim_res.expected_return[i]])
