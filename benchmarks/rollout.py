@@ -1,22 +1,33 @@
-"""Rollout benchmark: rollout workers vs the bare engine on the same prompts; 1 vs 2 workers. Prints JSON.
+"""Rollout benchmark: rollout workers vs the bare engine on the same prompts; engines, prompt styles, workers. JSON.
 
     python benchmarks/rollout.py [--model default|DIR] [--world-model DIR --cohort DIR] [--episodes 8]
+        [--engine transformers|vllm] [--prompt-style compact|verbose] [--horizon 1] [--threads 1]
+        [--before-model DIR --before-style verbose --before-horizon 4]
 
 Like for like: the generate calls one rollout worker made (every proposal and prescription batch,
 rebuilt token for token from its episodes) are replayed on the bare engine in this process, with the
-same batches, sampling settings and thread count (1); the overhead ratio is the worker's generated
-tokens/s over the bare engine's. Scaling: 2 workers (1 thread each) over 1. Without --world-model a
-small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained agent (a run's
-``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
+same batches, sampling settings and thread count; the overhead ratio is the worker's generated
+tokens/s over the bare engine's. Scaling (transformers): 2 workers (1 thread each) over 1. Per decision:
+prompt tokens (the proposal call), tool-output tokens, generated tokens, and the share of the FLOP limit
+(2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``: 220 is
+fp32 on these 2 cores). ``--before-model`` measures the earlier setup (transformers, 1 worker, 1 thread,
+its prompt style and horizon) in the same run, so the speed-up is a ratio of one run's numbers. Without
+--world-model a small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained
+agent (a run's ``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the JSON only
+
+import argparse  # noqa: E402
 import functools
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +38,7 @@ from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE
 from sepsis_rl.models import resolve_base_model
 from sepsis_rl.rollout.engine import SamplingParams
 from sepsis_rl.rollout.psr import AgentConfig
-from sepsis_rl.rollout.transformers_engine import TransformersEngine
-from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig
+from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig, make_engine
 from world_model.pool import PoolConfig, SimulatorPool, in_memory_model
 from world_model.simulation import SimulationConfig
 
@@ -65,32 +75,62 @@ def generation_calls(table: pa.Table, k_tokens: tuple[int, int]) -> list[tuple[l
     return calls
 
 
-def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int) -> dict:
+def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int, engine_kind: str = "transformers") -> dict:
     """The same generate calls, same batches and settings, in this process with no Ray, no simulator."""
     import torch
 
     torch.set_num_threads(threads)
-    engine = TransformersEngine(model_path)
+    engine = make_engine(engine_kind, model_path)
     engine.generate(calls[0][0][:1], SamplingParams(4, agent_cfg.temperature, 0))  # warm-up
     tokens, seconds = 0, 0.0
+    by_call = {"proposal_s": 0.0, "prescription_s": 0.0}  # calls alternate: proposals, then prescriptions
     for i, (prompts, max_tokens, stop) in enumerate(calls):
         t0 = time.perf_counter()
         gens = engine.generate(prompts, SamplingParams(max_tokens, agent_cfg.temperature, i, (stop,)))
-        seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        seconds += dt
+        by_call["proposal_s" if i % 2 == 0 else "prescription_s"] += dt
         tokens += sum(len(g.token_ids) for g in gens)
-    return {"threads": threads, "calls": len(calls), "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1)}
+    if hasattr(engine, "shutdown"):
+        engine.shutdown()
+    return {"engine": engine_kind, "threads": threads, "calls": len(calls), "tokens": tokens,
+            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            **{k: round(v, 2) for k, v in by_call.items()}}
+
+
+def token_counts(table: pa.Table) -> dict:
+    """Tokens per decision: the proposal call's prompt, the tool output (+ template), the generated ones."""
+    prompt = tool = gen = total = 0
+    n = 0
+    for toks, mask, plen in zip(*(table.column(c).to_pylist() for c in ("tokens", "loss_mask", "prompt_lengths"))):
+        for t, m, p in zip(toks, mask, plen):
+            g = sum(m)
+            prompt, gen, tool, total, n = prompt + p, gen + g, tool + len(t) - p - g, total + len(t), n + 1
+    return {"prompt": round(prompt / n, 1), "tool_output": round(tool / n, 1), "generated": round(gen / n, 1),
+            "total": round(total / n, 1)}
+
+
+def parameter_count(model_path: str) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in Path(model_path).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                n += int(np.prod(st.get_slice(k).get_shape()))
+    return n
 
 
 def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: int, max_steps: int,
-                agent_cfg: AgentConfig, threads: int = 1) -> tuple[dict, pa.Table]:
+                agent_cfg: AgentConfig, threads: int = 1, engine: str = "transformers") -> tuple[dict, pa.Table]:
     pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model),
                          sim_config=SimulationConfig(seed=0, max_steps=max_steps),
                          config=PoolConfig(num_shards=1, num_cpus_per_shard=0.25))
-    cfg = WorkerConfig(model_path=model_path, cohort_dir=cohort, split="test", agent=agent_cfg,
+    cfg = WorkerConfig(model_path=model_path, cohort_dir=cohort, split="test", agent=agent_cfg, engine=engine,
                        batch_episodes=max(1, episodes // n_workers), threads=threads)
     workers = [RolloutWorker.options(num_cpus=0.5).remote(i, cfg, pool) for i in range(n_workers)]
     ray.get([w.__ray_ready__.remote() for w in workers])  # exclude model loading from the timing
+    ray.get([w.run.remote(1, 1, 10**6) for w in workers])  # and the engine's first-call warm-up (as the bare engine's)
     t0 = time.perf_counter()
     table = pa.concat_tables(ray.get([w.run.remote(episodes // n_workers, 1, 0) for w in workers]))
     dt = time.perf_counter() - t0
@@ -101,9 +141,29 @@ def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: i
     tokens = int(np.sum(table.column("generated_tokens").to_numpy()))
     gen_s = float(np.sum(table.column("generate_s").to_numpy())) / n_workers
     failures = int(np.sum(table.column("parse_failures").to_numpy()))
-    return {"workers": n_workers, "threads_per_worker": threads, "decisions": decisions, "seconds": round(dt, 2),
+    return {"engine": engine, "prompt_style": agent_cfg.prompt_style, "horizon": agent_cfg.horizon, "workers": n_workers,
+            "threads_per_worker": threads, "decisions": decisions, "seconds": round(dt, 2),
             "decisions_per_s": round(decisions / dt, 3), "tokens_per_s": round(tokens / dt, 1),
             "generate_share_of_time": round(gen_s / dt, 3), "parse_failure_rate": round(failures / (2 * decisions), 3)}, table
+
+
+def measure(args: argparse.Namespace, model_path: str, cohort: str, model, agent_cfg: AgentConfig, engine: str,
+            threads: int, scaling: bool) -> dict:
+    """One setup: a worker's decisions/s, the bare engine on its calls, tokens and FLOP share per decision."""
+    out: dict = {"model": model_path}
+    out["worker"], table = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, threads, engine)
+    if scaling:
+        out["workers_2"], _ = workers_run(2, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1, engine)
+        out["scaling_2_over_1_workers"] = round(out["workers_2"]["decisions_per_s"] / out["worker"]["decisions_per_s"], 3)
+    calls = generation_calls(table, (agent_cfg.proposal_tokens, agent_cfg.prescription_tokens))
+    out["bare_engine"] = bare_engine(model_path, calls, agent_cfg, threads, engine)
+    # like for like: the worker's generate calls replayed on the bare engine, same engine and threads
+    out["overhead_ratio_tokens_per_s"] = round(out["worker"]["tokens_per_s"] / out["bare_engine"]["tokens_per_s"], 3)
+    out["tokens_per_decision"] = tok = token_counts(table)
+    flops = 2 * parameter_count(model_path) * tok["total"] * out["worker"]["decisions_per_s"]
+    out["gflop_per_s"] = round(flops / 1e9, 1)
+    out["share_of_flop_limit"] = round(flops / (args.peak_gflops * 1e9), 3)
+    return out
 
 
 def main() -> None:
@@ -113,21 +173,33 @@ def main() -> None:
     ap.add_argument("--cohort")
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=2)
+    ap.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
+    ap.add_argument("--prompt-style", choices=("compact", "verbose"), default="compact")
+    ap.add_argument("--horizon", type=int, default=1, help="simulated steps per candidate (the tool's horizon)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker (vLLM uses every core)")
+    ap.add_argument("--before-model", help="also measure the earlier setup on this model (transformers, 1 thread)")
+    ap.add_argument("--before-style", choices=("compact", "verbose"), default="verbose")
+    ap.add_argument("--before-horizon", type=int, default=4)
+    ap.add_argument("--peak-gflops", type=float, default=220.0, help="the FLOP limit (fp32, these 2 cores: 220)")
     args = ap.parse_args()
     model_path = resolve_base_model(args.model)
-    agent_cfg = AgentConfig(proposal_tokens=48, prescription_tokens=16)
-    out: dict = {"model": model_path, "episodes": args.episodes, "max_steps": args.max_steps}
+    agent_cfg = AgentConfig(proposal_tokens=48, prescription_tokens=16, horizon=args.horizon, prompt_style=args.prompt_style)
+    out: dict = {"episodes": args.episodes, "max_steps": args.max_steps}
     with tempfile.TemporaryDirectory() as tmp:
         model, cohort = world(args, Path(tmp))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        out["workers_1"], table = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1)
-        out["workers_2"], _ = workers_run(2, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1)
-        ray.shutdown()
-        calls = generation_calls(table, (agent_cfg.proposal_tokens, agent_cfg.prescription_tokens))
-        out["bare_engine"] = bare_engine(model_path, calls, agent_cfg, threads=1)
-    # like for like: the single worker's generate calls replayed on the bare engine, both with 1 thread
-    out["overhead_ratio_tokens_per_s"] = round(out["workers_1"]["tokens_per_s"] / out["bare_engine"]["tokens_per_s"], 3)
-    out["scaling_2_over_1_workers"] = round(out["workers_2"]["decisions_per_s"] / out["workers_1"]["decisions_per_s"], 3)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            if args.before_model:
+                before = replace(agent_cfg, prompt_style=args.before_style, horizon=args.before_horizon)
+                out["before"] = measure(args, resolve_base_model(args.before_model), cohort, model, before,
+                                        "transformers", 1, scaling=True)
+            out["now"] = measure(args, model_path, cohort, model, agent_cfg, args.engine, args.threads,
+                                 scaling=args.engine == "transformers")
+        finally:
+            ray.shutdown()
+    if "before" in out:
+        out["speedup_decisions_per_s"] = round(out["now"]["worker"]["decisions_per_s"] / out["before"]["worker"]["decisions_per_s"], 2)
+        out["speedup_over_2_workers_before"] = round(out["now"]["worker"]["decisions_per_s"] / out["before"]["workers_2"]["decisions_per_s"], 2)
     print(json.dumps(out, indent=2))
 
 

@@ -93,3 +93,15 @@ def test_paired_truth_by_hand():
     with pytest.raises(ValueError):
         paired_truth({"patients": [9], "returns": [0.0], "survived": [1]}, ref)
     assert np.isfinite(t["diff_return_ci"]).all()
+
+
+def test_true_patients_per_policy_kind():
+    from sepsis_rl.eval.evaluate import EvalConfig
+
+    cfg = EvalConfig(patients=None, llm_patients=200, stage_patients=50)
+    assert [cfg.true_patients(n) for n in ("clinician", "agent", "agent_no_sim", "after_bc", "after_sft", "base_llm_wm")] \
+        == [None, 200, 200, 50, 50, 50]
+    assert EvalConfig(patients=300, llm_patients=20).true_patients("after_bc") == 20  # default: the agent's panel
+    assert EvalConfig(patients=300, llm_patients=20).true_patients("guideline") == 300
+    with pytest.raises(ValueError, match="stage_patients"):
+        EvalConfig(stage_patients=0)

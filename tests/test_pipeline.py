@@ -73,7 +73,12 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
         assert headline[name]["status"] == "ok" and -40 <= headline[name]["true_return"] <= 40
         assert headline[name]["dr"] is not None
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert report["policies"]["agent"]["llm"]["decisions"] > 0
+    # the agent on llm_patients, the stage checkpoint on the first stage_patients of them, paired with the clinician
+    assert headline["agent"]["true_patients"] == 3 and headline["after_bc"]["true_patients"] == 2
+    assert "survival_vs_clinician_ci" in headline["after_bc"] and 0 <= headline["agent"]["fallback_rate"] <= 1
+    agent = report["policies"]["agent"]
+    assert agent["n_ope_episodes"] == 2  # llm_stays
+    assert agent["llm"]["decisions"] > agent["n_decisions"]  # truth rollouts' decisions count too, not only logged rows
     assert summary["stages"]["evaluate"]["failed"] == []
     agent = out / "agent"
     assert (agent / "model" / "config.json").exists() and (agent / "model" / "model.safetensors").exists()

@@ -61,6 +61,10 @@ def test_episode_bookkeeping_is_exact(setup):
         # an untrained random model cannot follow the grammar: failures are counted, fallbacks used
         assert ep["parse_failures"] == sum(bool(d["proposal_failure"]) + bool(d["prescription_failure"]) for d in ep["decisions"])
         assert all(0 <= d["action"] <= 24 and len(d["candidates"]) == 3 for d in ep["decisions"])
+        # an unparseable prescription falls back to the candidate the tool scored best (AgentConfig default)
+        for d in ep["decisions"]:
+            if d["prescription_failure"]:
+                assert d["action"] == d["candidates"][int(np.argmax(d["candidate_return"]))]
 
 
 def test_behaviour_logprobs_match_rescoring(setup):

@@ -299,6 +299,24 @@ def test_overload_answers_503_with_retry_after_over_http(server, cohort_history)
     assert post(f"{server}/narrow/v1/recommend", recommend_body(cohort_history)).status_code == 200
 
 
+def test_agent_yaml_records_prompt_style_and_fallback(agent_dir, tmp_path):
+    from serve.agent_dir import AgentDirError, load_agent_dir
+
+    old = load_agent_dir(agent_dir).settings  # an agent.yaml from before styles were recorded
+    assert (old.prompt_style, old.fallback) == ("verbose", "repeat_last")
+    new = tmp_path / "agent"
+    shutil.copytree(agent_dir, new)
+    meta = yaml.safe_load((new / "agent.yaml").read_text())
+    meta["agent"] |= {"prompt_style": "compact", "fallback": "best_candidate"}
+    (new / "agent.yaml").write_text(yaml.safe_dump(meta))
+    s = load_agent_dir(new).settings
+    assert (s.prompt_style, s.fallback, s.k, s.horizon) == ("compact", "best_candidate", 3, 2)
+    meta["agent"]["prompt_style"] = "chatty"
+    (new / "agent.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(AgentDirError, match="field 'agent'.*prompt style"):
+        load_agent_dir(new)
+
+
 def test_imputation_by_hand(tiny_world):
     from serve.validation import HistoryValidator
 

