@@ -98,3 +98,40 @@ def test_presets_load_and_bad_keys_are_named(tmp_path):
     assert load_config("tiny", {"evaluate.engine": "vllm"}).evaluate.engine == "vllm"
     with pytest.raises(ConfigError, match="evaluate.engine must be"):
         load_config("tiny", {"evaluate.engine": "onnx"})
+
+
+class _ScriptedEngine:
+    """Writes the same proposal and prescription for every patient (what a format-only model does)."""
+
+    def __init__(self, tok, proposal: str, prescription: str):
+        self.tok, self.texts = tok, {"</propose>": proposal, "</prescribe>": prescription}
+
+    def generate(self, prompts, params):
+        from sepsis_rl.rollout.engine import Generation
+
+        text = self.texts[params.stop[0]]
+        ids = self.tok(text, add_special_tokens=False).input_ids
+        return [Generation(list(ids), [0.0] * len(ids), text, "stop") for _ in prompts]
+
+
+def test_heldout_decisions_measure_tool_use_by_hand(rows, tiny_world, tiny_model_dir):
+    from sepsis_rl.curriculum.psr_traces import heldout_decisions, prescription_by_simulation
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec, model = read_spec(tiny_world[0]), tiny_world[1]
+    sim = WorldModelSimulator(model, SimulationConfig(seed=0, stochastic=False))  # the same outcome scores twice
+    cands = [0, 5, 6]  # F0V0, F1V0, F1V1, always
+    agent = PSRAgent(_ScriptedEngine(tok, "<propose>F0V0; F1V0; F1V1</propose>", "<prescribe>F1V0</prescribe>"),
+                     tok, spec, AgentConfig(k=3, horizon=1))
+    m = heldout_decisions(rows, agent, sim, model.window, 8, seed=0)
+    # recompute by hand what the tool showed for the same 8 states and how often F1V0 was its best candidate
+    idx = rows.sample(8, np.random.default_rng(1))
+    ids = np.arange(8)
+    sim.reset(ids, np.stack([rows.history(int(i), model.window) for i in idx]), rows.step[idx])
+    res = sim.simulate(ids, np.array([cands] * 8), 1)
+    sim.release(ids)
+    best = [prescription_by_simulation(cands, res.expected_return[j]) for j in range(8)]
+    assert m["parsed_proposals"] == 8 and m["parse_failure_rate"] == 0.0
+    assert m["follows_score"] == pytest.approx(np.mean([b == 5 for b in best]))
+    assert m["proposal_recall"] == pytest.approx(np.mean([int(rows.action[i]) in cands for i in idx]))
+    assert m["accuracy"] == pytest.approx(np.mean(rows.action[idx] == 5))

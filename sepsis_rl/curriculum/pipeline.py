@@ -192,6 +192,8 @@ def stage_bc(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[s
         "action_accuracy": after["accuracy"], "action_accuracy_before": before["accuracy"],
         "parse_failure_rate": after["parse_failure_rate"], "parse_failure_rate_before": before["parse_failure_rate"],
         "heldout_decisions": after["decisions"],
+        **{f"{k}{suffix}": m[k] for k in ("follows_score", "proposal_recall") for m, suffix in ((after, ""), (before, "_before"))
+           if k in m},
         **majority_rate(CohortRows.load(local, "train"), CohortRows.load(local, cfg.heldout_split)),
     })
     return run.uri("bc", "model"), metrics

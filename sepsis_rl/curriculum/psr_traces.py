@@ -72,9 +72,14 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
 
 def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int,
                       batch: int = 16) -> dict[str, float]:
-    """The agent decides on ``n`` held-out logged states: accuracy vs the clinician and parse failures."""
+    """The agent decides on ``n`` held-out logged states: accuracy vs the clinician, parse failures, and
+    whether it uses its tool: how often, with a parsed proposal, the prescription is the candidate with the
+    best shown outcome score (``follows_score``; what simulation-target BC teaches) and how often the
+    proposal contains the clinician's action (``proposal_recall``). An agent that learned the format but
+    not the task shows up here, minutes into stage 2, instead of in a half-hour truth evaluation."""
     idx_all = rows.sample(n, np.random.default_rng(seed + 1))
     hits, failures, decisions = 0, 0, 0
+    parsed, follows, recalled = 0, 0, 0
     for lo in range(0, len(idx_all), batch):
         idx = idx_all[lo:lo + batch]
         ids = np.arange(10**12 + lo, 10**12 + lo + len(idx), dtype=np.int64)
@@ -87,9 +92,19 @@ def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window:
         hits += int(np.sum(actions == rows.action[idx]))
         failures += sum(bool(r.decisions[0]["proposal_failure"]) + bool(r.decisions[0]["prescription_failure"]) for r in records)
         decisions += len(idx)
+        for r, i in zip(records, idx):
+            d = r.decisions[0]
+            if agent.cfg.use_simulator and not d["proposal_failure"]:
+                parsed += 1
+                follows += int(d["action"] == prescription_by_simulation(d["candidates"], np.asarray(d["candidate_return"])))
+                recalled += int(int(rows.action[i]) in d["candidates"])
     per = 2 if agent.cfg.use_simulator else 1
-    return {"accuracy": hits / max(decisions, 1), "parse_failure_rate": failures / max(per * decisions, 1),
-            "decisions": decisions}
+    out = {"accuracy": hits / max(decisions, 1), "parse_failure_rate": failures / max(per * decisions, 1),
+           "decisions": decisions}
+    if agent.cfg.use_simulator:
+        out |= {"follows_score": follows / max(parsed, 1), "proposal_recall": recalled / max(parsed, 1),
+                "parsed_proposals": parsed}
+    return out
 
 
 def majority_rate(train: CohortRows, heldout: CohortRows) -> dict[str, float]:
