@@ -105,3 +105,5 @@ def test_true_patients_per_policy_kind():
     assert EvalConfig(patients=300, llm_patients=20).true_patients("guideline") == 300
     with pytest.raises(ValueError, match="stage_patients"):
         EvalConfig(stage_patients=0)
+    with pytest.raises(ValueError, match="behaviour"):
+        EvalConfig(behaviour="guess")

@@ -231,7 +231,9 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
     the cohort spec and the imputation medians; serving and evaluation need nothing else.
     """
     from sepsis_rl.cohort.store import SPEC_FILE
+    from sepsis_rl.curriculum.rl_stage import agent_config
 
+    agent = agent_config(cfg)  # the decision procedure the agent was trained with, recorded in agent.yaml
     rl = run.summary["stages"]["rl"]
     history = rl["history"]
     evaluated = [h for h in history if "heldout_mean_cohort_return" in h]
@@ -252,8 +254,8 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
         (tmp / "agent.yaml").write_text(yaml.safe_dump({
             "model": "model", "world_model": "world_model", "cohort_spec": "cohort.json",
             "feature_medians": "feature_medians.json",
-            "agent": {"k": cfg.rollout.k, "horizon": cfg.rollout.horizon, "temperature": 0.0,
-                      "prompt_style": cfg.rollout.prompt_style, "fallback": "best_candidate"},
+            "agent": {"k": agent.k, "horizon": agent.horizon, "temperature": 0.0, "prompt_style": agent.prompt_style,
+                      "fallback": agent.fallback.value},
             "config": cfg.to_dict(),
         }, sort_keys=False))
     run.publish("agent")

@@ -55,14 +55,14 @@ class EvalConfig:
             raise ValueError("repeats, n_boot and llm_patients must be >= 1 and gamma in (0, 1]")
         if self.stage_patients is not None and self.stage_patients < 1 or self.llm_ope_episodes < 1:
             raise ValueError("stage_patients and llm_ope_episodes must be >= 1")
+        if self.behaviour not in ("logged", "estimate"):
+            raise ValueError(f"behaviour must be 'logged' or 'estimate', got {self.behaviour!r}")
 
     def true_patients(self, name: str) -> int | None:
         """How many test patients policy ``name`` plays in the ground truth (None: all)."""
         if name in STAGE_POLICIES:
             return self.stage_patients or self.llm_patients
         return self.llm_patients if name in LLM_POLICIES else self.patients
-        if self.behaviour not in ("logged", "estimate"):
-            raise ValueError(f"behaviour must be 'logged' or 'estimate', got {self.behaviour!r}")
 
 
 # ------------------------------------------------------------------------------------------- inputs
