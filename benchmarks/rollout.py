@@ -1,7 +1,7 @@
 """Rollout benchmark: rollout workers vs the bare engine on the same prompts; engines, prompt styles, workers. JSON.
 
     python benchmarks/rollout.py [--model default|DIR] [--world-model DIR --cohort DIR] [--episodes 8]
-        [--engine transformers|vllm] [--prompt-style compact|verbose] [--horizon 1] [--threads 1]
+        [--engine transformers|vllm] [--prompt-style guided|compact|verbose] [--horizon 1] [--threads 1]
         [--before-model DIR --before-style verbose --before-horizon 4]
 
 Like for like: the generate calls one rollout worker made (every proposal and prescription batch,
@@ -174,11 +174,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=2)
     ap.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
-    ap.add_argument("--prompt-style", choices=("compact", "verbose"), default="compact")
+    ap.add_argument("--prompt-style", choices=("guided", "compact", "verbose"), default="guided")
     ap.add_argument("--horizon", type=int, default=1, help="simulated steps per candidate (the tool's horizon)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker (vLLM uses every core)")
     ap.add_argument("--before-model", help="also measure the earlier setup on this model (transformers, 1 thread)")
-    ap.add_argument("--before-style", choices=("compact", "verbose"), default="verbose")
+    ap.add_argument("--before-style", choices=("guided", "compact", "verbose"), default="verbose")
     ap.add_argument("--before-horizon", type=int, default=4)
     ap.add_argument("--peak-gflops", type=float, default=220.0, help="the FLOP limit (fp32, these 2 cores: 220)")
     args = ap.parse_args()

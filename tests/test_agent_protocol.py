@@ -134,3 +134,35 @@ def test_safety_rules_and_shaping_by_hand():
     assert rules.shaping(["a", "b"], parse_failures=1) == pytest.approx(-2.0 * 2 - 0.5)
     # a cohort without these features: the rules are skipped, never guessed
     assert SafetyRules(["HR"]).violations(np.array([80.0]), action=24, last_action=0) == []
+
+
+def test_guided_style_shows_the_guideline_dose_and_ranks_the_tool_output():
+    from sepsis_rl.agent.fallback import neighbours
+
+    spec = synthetic_spec(0, RewardConfig(), SimulatorConfig())
+    names = list(AI_CLINICIAN_FEATURE_NAMES)
+    state = np.zeros(len(names))
+    for f, v in (("MeanBP", 58), ("Arterial_lactate", 4.2), ("PaO2_FiO2", 300), ("cumulated_balance", 1000), ("age", 71)):
+        state[names.index(f)] = v
+    r = ObservationRenderer(spec, "guided")
+    # MAP 58 < 65 after admission: a 500 mL challenge (F3 of the guideline's rules); vasopressor one bin up from V1
+    fluid = int(spec.fluid.to_bin(np.array([500.0]))[0])
+    assert r.anchor(state, 2, last_action=11) == fluid * 5 + 2
+    g = render_action(fluid * 5 + 2)
+    text = r.render(state, None, step=2, last_action=11)
+    assert text.splitlines()[-1] == f"Guideline: {g}; neighbours: {', '.join(render_action(a) for a in neighbours(fluid * 5 + 2))}."
+    assert text.splitlines()[-2] == "Last 4 h: F2V1." and r.compact
+    # MAP well above target with no vasopressor running and normal lactate: nothing
+    state[names.index("MeanBP")], state[names.index("Arterial_lactate")] = 80, 1.0
+    assert r.anchor(state, 3, last_action=0) == 0 and "Guideline: F0V0; neighbours: F1V0, F0V1, F2V0, F1V1." in r.render(state, None, 3, 0)
+    assert ObservationRenderer(spec, "compact").anchor(state, 3, 0) is None
+    assert neighbours(12) == [17, 11, 13, 7] and neighbours(24) == [23, 19, 0, 10]
+    sp = system_prompt(3, style="guided")
+    assert "the guideline dose and 2 of its neighbours" in sp and "best first" in sp
+    # the tool output is ranked by the shown (rounded) outcome score, ties in the order proposed
+    args = ([0, 11, 6], np.array([[60, 66.4]] * 3), np.array([[4, 3.04]] * 3), np.array([[9, 8]] * 3),
+            np.array([0.3, 0.12, 0.2]), np.zeros(3), (58, 4.2, 9), np.array([-1.0, 2.34, 2.31]), None)
+    lines = render_simulation(*args, style="guided").splitlines()
+    assert [ln.split(":")[0] for ln in lines[1:4]] == ["F2V1", "F1V1", "F0V0"]
+    assert lines[1] == "F2V1: outcome +2.3, death 12%, MAP 66, lactate 3.0, SOFA 8"
+    assert [ln.split(":")[0] for ln in render_simulation(*args, style="compact").splitlines()[1:4]] == ["F0V0", "F2V1", "F1V1"]

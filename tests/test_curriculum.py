@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from sepsis_rl.agent.grammar import parse_prescription, parse_proposal
+from sepsis_rl.agent.grammar import parse_prescription, parse_proposal, render_action
 from sepsis_rl.cohort.store import read_spec
 from sepsis_rl.curriculum.cohort_rows import CohortRows
 from sepsis_rl.curriculum.config import PRESETS, ConfigError, load_config
@@ -134,4 +134,53 @@ def test_heldout_decisions_measure_tool_use_by_hand(rows, tiny_world, tiny_model
     assert m["parsed_proposals"] == 8 and m["parse_failure_rate"] == 0.0
     assert m["follows_score"] == pytest.approx(np.mean([b == 5 for b in best]))
     assert m["proposal_recall"] == pytest.approx(np.mean([int(rows.action[i]) in cands for i in idx]))
+    anchors = [agent.renderer.anchor(rows.states[i], int(rows.step[i]), rows.previous(int(i))[1]) for i in idx]
+    assert m["anchor_recall"] == pytest.approx(np.mean([a in cands for a in anchors]))  # the guideline's dose proposed
     assert m["accuracy"] == pytest.approx(np.mean(rows.action[idx] == 5))
+
+
+def test_guided_traces_propose_around_the_guideline_and_prescribe_the_top_ranked(rows, tiny_world, tiny_model_dir):
+    """Stage-2 traces in the guided style: the guideline's dose (shown in the observation) is always proposed,
+    with two of the four neighbours listed beside it, and the prescription is the first line of the ranked tool
+    output, which is the candidate with the best shown outcome score."""
+    import re
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec, model = read_spec(tiny_world[0]), tiny_world[1]
+    agent = PSRAgent(None, tok, spec, AgentConfig(k=3, horizon=1, prompt_style="guided"))
+    samples = psr_traces(rows, agent, WorldModelSimulator(model, SimulationConfig(seed=0)), model.window, 8, seed=1)
+    for s in samples:
+        generated = [tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if m])]
+        text = tok.decode(s.tokens)
+        guideline, near = re.search(r"Guideline: (F\dV\d); neighbours: ([F\dV, ]+)\.", text).groups()
+        proposal = parse_proposal(text[text.rindex("<propose>"):text.rindex("</propose>") + 10], 3)
+        assert proposal.ok and render_action(proposal.actions[0]) in generated[0]
+        shown = [render_action(a) for a in proposal.actions]
+        assert guideline in shown and all(a == guideline or a in near.split(", ") for a in shown)
+        ranked = re.findall(r"\n(F\dV\d): outcome ([+-]\d+\.\d)", text[text.index("<simulation"):])
+        scores = [float(v) for _, v in ranked]
+        assert scores == sorted(scores, reverse=True) and sorted(a for a, _ in ranked) == sorted(shown)
+        assert parse_prescription(text[text.rindex("<prescribe>"):text.rindex("</prescribe>") + 12]).actions[0] == proposal.actions[shown.index(ranked[0][0])]
+
+
+def test_guideline_planner_candidates_are_the_guided_agents_anchor(rows, tiny_world):
+    """``wm_planner_gl3`` (the guided agent's procedure done by code) builds its candidates around the very dose
+    the guided observation shows."""
+    from sepsis_rl.agent.fallback import default_candidates
+    from sepsis_rl.agent.prompts import ObservationRenderer
+    from sepsis_rl.eval.baselines.guideline import GuidelinePolicy
+    from sepsis_rl.eval.planners import candidate_sets
+    from sepsis_rl.eval.policy import DecisionBatch
+
+    spec = read_spec(tiny_world[0])
+    idx = np.arange(0, 60, 7)
+    lasts = [rows.previous(int(i))[1] for i in idx]
+    batch = DecisionBatch(idx.astype(np.int64), rows.step[idx].astype(np.int64), rows.states[idx][:, None, :],
+                          np.ones(len(idx), dtype=np.int64), np.array([-1 if a is None else a for a in lasts]),
+                          tuple(spec.feature_names))
+    cands = candidate_sets(batch, "guideline3", GuidelinePolicy(spec))
+    r = ObservationRenderer(spec, "guided")
+    for row, i, last in zip(cands, idx, lasts):
+        assert list(row) == default_candidates(r.anchor(rows.states[i], int(rows.step[i]), last), 3)
+    with pytest.raises(ValueError, match="guideline3"):
+        candidate_sets(batch, "guideline3", None)

@@ -75,3 +75,11 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         write_report(bad, tmp_path / "eval")
     assert list((tmp_path / "eval").iterdir()) == []
+
+
+def test_plots_draw_an_estimate_outside_its_bootstrap_ci(tmp_path):
+    """A percentile-bootstrap CI of WIS on a few stays can exclude the point value (seen in a tiny pipeline run):
+    the report is still written, not lost to a plotting error."""
+    report = {**REPORT, "policies": {"clinician": _policy(10.0, {"wis": _est(10.1, 10.4, 11.0), "dr": _est(9.0, 7.0, 8.5)})}}
+    written = write_report(report, tmp_path / "eval")
+    assert {p.name for p in written} == {"report.json", "report.md", *PLOTS}

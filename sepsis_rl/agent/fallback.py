@@ -39,6 +39,11 @@ def default_candidates(last_action: int | None, k: int) -> list[int]:
     return out[:k]
 
 
+def neighbours(action: int, n: int = 4) -> list[int]:
+    """The first ``n`` dose neighbours of ``action`` in ``default_candidates`` order (up and down in either drug first)."""
+    return [a for a in default_candidates(int(action), n + 6) if a != int(action)][:n]
+
+
 def fallback_prescription(
     kind: Fallback, last_action: int | None, candidates: list[int] | None = None, risks: np.ndarray | None = None
 ) -> int:

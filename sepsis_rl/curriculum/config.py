@@ -14,6 +14,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from sepsis_rl.agent.prompts import PROMPT_STYLES
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "cpu", "gpu")
 
@@ -117,7 +119,7 @@ class RolloutSetup:
     k: int = 3
     horizon: int = 3
     temperature: float = 1.0
-    prompt_style: str = "compact"  # sepsis_rl/agent/prompts.py: compact or verbose (recorded in agent.yaml)
+    prompt_style: str = "guided"  # sepsis_rl/agent/prompts.py: guided, compact or verbose (recorded in agent.yaml)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
@@ -201,7 +203,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "rl.loss_agg": (lambda v: v in ("token-mean", "seq-mean"), "one of token-mean, seq-mean"),
     **{f"rollout.{k}": _POSITIVE_INT for k in ("workers", "batch_episodes", "k", "horizon")},
     "rollout.temperature": _NONNEG,
-    "rollout.prompt_style": (lambda v: v in ("compact", "verbose"), "one of compact, verbose"), "rollout.cpus_per_worker": _NONNEG, "rollout.gpus_per_worker": _NONNEG,
+    "rollout.prompt_style": (lambda v: v in PROMPT_STYLES, f"one of {', '.join(PROMPT_STYLES)}"), "rollout.cpus_per_worker": _NONNEG, "rollout.gpus_per_worker": _NONNEG,
     **{f"cluster.{k}": _POSITIVE_INT for k in ("learner_workers", "threads", "simulator_shards")},
     "cluster.zero_stage": (lambda v: v in (0, 1, 2, 3), "one of 0, 1, 2, 3"),
     "cluster.learner_cpus": _NONNEG, "cluster.learner_gpus": _NONNEG, "cluster.simulator_cpus": _NONNEG,

@@ -192,7 +192,7 @@ def stage_bc(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[s
         "action_accuracy": after["accuracy"], "action_accuracy_before": before["accuracy"],
         "parse_failure_rate": after["parse_failure_rate"], "parse_failure_rate_before": before["parse_failure_rate"],
         "heldout_decisions": after["decisions"],
-        **{f"{k}{suffix}": m[k] for k in ("follows_score", "proposal_recall") for m, suffix in ((after, ""), (before, "_before"))
+        **{f"{k}{suffix}": m[k] for k in ("follows_score", "proposal_recall", "anchor_recall") for m, suffix in ((after, ""), (before, "_before"))
            if k in m},
         **majority_rate(CohortRows.load(local, "train"), CohortRows.load(local, cfg.heldout_split)),
     })
@@ -268,8 +268,8 @@ def stage_final(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tupl
 
 # the curriculum's stages (base model with the tool, after SFT, after BC, the final agent after RL) beside
 # the clinician, the planners (the agent's ceiling with its own tool; the oracle's with the true one)
-HEADLINE = ("base_llm_wm", "after_sft", "after_bc", "agent", "clinician", "random", "wm_planner", "wm_planner_k3",
-            "oracle_planner_k3")
+HEADLINE = ("base_llm_wm", "after_sft", "after_bc", "agent", "clinician", "random", "guideline", "wm_planner",
+            "wm_planner_k3", "wm_planner_gl3", "oracle_planner_k3")
 
 
 def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> tuple[str, dict[str, Any]]:

@@ -2,8 +2,8 @@
 
 For a logged state the trace is: observation -> ``<propose>`` K candidates -> the *real* world model's
 simulation of each -> ``<prescribe>`` one of them. Candidates follow a documented rule
-(``alternative_candidates``): the clinician's action and K-1 of its clinical neighbours, up and down in
-either drug, in random order so that a candidate's position says nothing about which one is prescribed.
+(``alternative_candidates``): an anchor and K-1 of its clinical neighbours, up and down in either drug, in
+random order; the anchor is the guideline's dose the guided observation shows, or the clinician's action so that a candidate's position says nothing about which one is prescribed.
 The prescription (``target``) is either the candidate with the best simulated outcome score, computed
 only from what the tool output shows (``prescription_by_simulation``), or the clinician's action. Tool-output tokens
 carry no loss; the tokens are laid out exactly as ``PSRAgent.decide`` lays them out at rollout time.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sepsis_rl.agent.fallback import default_candidates
+from sepsis_rl.agent.fallback import neighbours
 from sepsis_rl.agent.grammar import render_prescription, render_proposal
 from sepsis_rl.curriculum.cohort_rows import CohortRows
 from sepsis_rl.learner.batch import Sample
@@ -24,10 +24,9 @@ CHUNK = 512  # decisions per simulate call
 
 
 def alternative_candidates(action: int, k: int, rng: np.random.Generator) -> list[int]:
-    """The clinician's action plus K-1 distinct neighbours drawn from: one fluid bin up, one vasopressor bin
-    up, one vasopressor bin down, one fluid bin down, no treatment (``default_candidates`` order), shuffled."""
-    neighbours = [a for a in default_candidates(action, k + 5) if a != action]
-    near = neighbours[: max(k - 1, 4)]
+    """The anchor action plus K-1 distinct neighbours drawn from its first max(K-1, 4) neighbours (one fluid bin
+    up, one vasopressor bin down, one vasopressor bin up, one fluid bin down, ...: ``neighbours``), shuffled."""
+    near = neighbours(action, max(k - 1, 4))
     picks = [action] + [int(a) for a in rng.choice(near, size=k - 1, replace=False)]
     rng.shuffle(picks)
     return picks
@@ -36,6 +35,16 @@ def alternative_candidates(action: int, k: int, rng: np.random.Generator) -> lis
 def prescription_by_simulation(candidates: list[int], expected_return: np.ndarray) -> int:
     """The candidate with the highest expected outcome score shown by the tool (ties: the first listed)."""
     return int(candidates[int(np.argmax(np.round(np.asarray(expected_return), 1)))])
+
+
+def _anchor(agent: PSRAgent, rows: CohortRows, i: int, target: str = "simulation") -> int:
+    """What a trace's candidates are built around: the guideline's dose shown in the observation (guided style,
+    simulation target), otherwise the clinician's logged action."""
+    if target == "simulation":
+        g = agent.renderer.anchor(rows.states[i], int(rows.step[i]), rows.previous(i)[1])
+        if g is not None:
+            return g
+    return int(rows.action[i])
 
 
 def _histories(rows: CohortRows, idx: np.ndarray, window: int) -> np.ndarray:
@@ -52,7 +61,8 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
         idx = idx_all[lo:lo + CHUNK]
         ids = np.arange(lo, lo + len(idx), dtype=np.int64)
         sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
-        cands = np.array([alternative_candidates(int(rows.action[i]), cfg.k, rng) for i in idx], dtype=np.int64)
+        anchors = [_anchor(agent, rows, int(i), target) for i in idx]
+        cands = np.array([alternative_candidates(a, cfg.k, rng) for a in anchors], dtype=np.int64)
         res = sim.simulate(ids, cands, cfg.horizon) if cfg.use_simulator else None
         for j, i in enumerate(idx):
             prev, last = rows.previous(int(i))
@@ -75,11 +85,12 @@ def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window:
     """The agent decides on ``n`` held-out logged states: accuracy vs the clinician, parse failures, and
     whether it uses its tool: how often, with a parsed proposal, the prescription is the candidate with the
     best shown outcome score (``follows_score``; what simulation-target BC teaches) and how often the
-    proposal contains the clinician's action (``proposal_recall``). An agent that learned the format but
+    proposal contains the clinician's action (``proposal_recall``) and its anchor, the guideline's dose in the
+    guided style (``anchor_recall``; the clinician's action otherwise). An agent that learned the format but
     not the task shows up here, minutes into stage 2, instead of in a half-hour truth evaluation."""
     idx_all = rows.sample(n, np.random.default_rng(seed + 1))
     hits, failures, decisions = 0, 0, 0
-    parsed, follows, recalled = 0, 0, 0
+    parsed, follows, recalled, anchored = 0, 0, 0, 0
     for lo in range(0, len(idx_all), batch):
         idx = idx_all[lo:lo + batch]
         ids = np.arange(10**12 + lo, 10**12 + lo + len(idx), dtype=np.int64)
@@ -98,12 +109,13 @@ def heldout_decisions(rows: CohortRows, agent: PSRAgent, sim: Simulator, window:
                 parsed += 1
                 follows += int(d["action"] == prescription_by_simulation(d["candidates"], np.asarray(d["candidate_return"])))
                 recalled += int(int(rows.action[i]) in d["candidates"])
+                anchored += int(_anchor(agent, rows, int(i)) in d["candidates"])
     per = 2 if agent.cfg.use_simulator else 1
     out = {"accuracy": hits / max(decisions, 1), "parse_failure_rate": failures / max(per * decisions, 1),
            "decisions": decisions}
     if agent.cfg.use_simulator:
         out |= {"follows_score": follows / max(parsed, 1), "proposal_recall": recalled / max(parsed, 1),
-                "parsed_proposals": parsed}
+                "anchor_recall": anchored / max(parsed, 1), "parsed_proposals": parsed}
     return out
 
 

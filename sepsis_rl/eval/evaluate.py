@@ -134,8 +134,9 @@ def build_policy(name: str, sources: Sources, cfg: EvalConfig, truth: Any | None
     if name.startswith("wm_planner") or name.startswith("oracle"):
         from sepsis_rl.eval.planners import TrueSimulatorPlanner, WorldModelPlanner
 
-        mode = "clinician3" if name.endswith("_k3") else "all"
-        proposer = build_policy("clinician", sources, cfg, truth) if mode == "clinician3" else None
+        mode = "clinician3" if name.endswith("_k3") else "guideline3" if name.endswith("_gl3") else "all"
+        proposer = build_policy({"clinician3": "clinician", "guideline3": "guideline"}[mode], sources, cfg, truth) \
+            if mode != "all" else None
         if name.startswith("oracle"):
             return TrueSimulatorPlanner(truth.simulator, mode, proposer, seed=cfg.seed, name=name)
         from world_model.checkpoint import load_world_model

@@ -4,7 +4,8 @@ At each decision a planner scores candidate actions by their one-step (or H-step
 takes the best. ``WorldModelPlanner`` asks the learned world model exactly what the agent's tool shows
 (``WorldModelSimulator.simulate``'s expected outcome score); with ``candidates="clinician3"`` it chooses,
 like the agent, among a clinician-like proposal: the proposer's most likely action and two neighbours
-(one fluid bin up, one vasopressor bin down: ``default_candidates``). ``TrueSimulatorPlanner`` scores the
+(one fluid bin up, one vasopressor bin down: ``default_candidates``); ``candidates="guideline3"`` does the same
+around the guideline's dose (the guided agent's procedure, done by code: its ceiling). ``TrueSimulatorPlanner`` scores the
 same candidates with the ground-truth simulator from the patient's hidden state (an oracle no deployed
 policy has: the ceiling of planning itself).
 """
@@ -23,11 +24,12 @@ ALL = np.arange(N_ACTIONS)
 
 
 def candidate_sets(batch: DecisionBatch, mode: str, proposer: Policy | None) -> np.ndarray:
-    """[B, K] candidates: all 25 actions, or the proposer's mode and two neighbours."""
+    """[B, K] candidates: all 25 actions, or the proposer's mode (the clinician's, or the guideline's: what the
+    guided agent is shown) and two neighbours."""
     if mode == "all":
         return np.tile(ALL, (len(batch), 1))
-    if mode != "clinician3" or proposer is None:
-        raise ValueError(f"candidates must be 'all' or 'clinician3' (with a proposer), got {mode!r}")
+    if mode not in ("clinician3", "guideline3") or proposer is None:
+        raise ValueError(f"candidates must be 'all', 'clinician3' or 'guideline3' (with a proposer), got {mode!r}")
     modes = proposer.action_probs(batch).argmax(axis=1)
     return np.array([default_candidates(int(a), 3) for a in modes], dtype=np.int64)
 

@@ -17,7 +17,7 @@ import yaml
 from sepsis_rl.cohort.validation import CohortInputError
 
 COHORT_POLICIES = ("clinician", "random", "no_treatment", "guideline", "wd3qne", "cql", "bcq", "bc", "marwil")
-MODEL_POLICIES = ("wm_planner", "wm_planner_k3", "oracle_planner", "oracle_planner_k3")
+MODEL_POLICIES = ("wm_planner", "wm_planner_k3", "wm_planner_gl3", "oracle_planner", "oracle_planner_k3")
 LLM_POLICIES = ("agent", "agent_no_sim", "base_llm", "base_llm_wm", "after_sft", "after_bc")
 STAGE_POLICIES = ("base_llm", "base_llm_wm", "after_sft", "after_bc")  # the curriculum's stages before RL
 ALL_POLICIES = COHORT_POLICIES + MODEL_POLICIES + LLM_POLICIES
@@ -88,7 +88,7 @@ def check_names(names: list[str], sources: Sources, has_truth: bool) -> None:
             raise CohortInputError(f"unknown policy {n!r}; known: {', '.join(ALL_POLICIES)}")
         if n in LLM_POLICIES and sources.run_dir is None:
             raise CohortInputError(f"policy {n!r} needs a run folder (sepsis-rl evaluate RUN_DIR), not --cohort alone")
-        if n in ("wm_planner", "wm_planner_k3") and sources.world_model is None:
+        if n.startswith("wm_planner") and sources.world_model is None:
             raise CohortInputError(f"policy {n!r} needs a world model: pass a run folder or --world-model")
         if n.startswith("oracle") and not has_truth:
             raise CohortInputError(f"policy {n!r} needs a ground-truth simulator (synthetic cohorts only)")

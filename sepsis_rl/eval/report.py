@@ -206,8 +206,10 @@ def plot_estimates(report: dict, path: Path) -> None:
             ci = e.get("ci") or [None, None]
             xs.append(i + offsets[k])
             ys.append(e["value"])
-            lo.append(e["value"] - ci[0] if ci[0] is not None else 0.0)
-            hi.append(ci[1] - e["value"] if ci[1] is not None else 0.0)
+            # a percentile-bootstrap CI of a ratio estimator (WIS on a few stays) can exclude its point value:
+            # the whisker on that side is then empty, the point is still drawn where it is
+            lo.append(max(e["value"] - ci[0], 0.0) if ci[0] is not None else 0.0)
+            hi.append(max(ci[1] - e["value"], 0.0) if ci[1] is not None else 0.0)
         if xs:
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=2, label=ESTIMATOR_LABELS[est_name])
             shown.extend(ys)

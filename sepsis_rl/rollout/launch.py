@@ -58,7 +58,7 @@ def run_rollout(args: argparse.Namespace, on_result: Any = None) -> pa.Table:
                              PoolConfig(num_shards=args.shards, num_cpus_per_shard=0.5))
         agent = AgentConfig(k=args.k, horizon=args.horizon, use_simulator=not args.no_simulator,
                             fallback=Fallback(getattr(args, "fallback", "best_candidate")), temperature=args.temperature,
-                            prompt_style=getattr(args, "prompt_style", "compact"),
+                            prompt_style=getattr(args, "prompt_style", "guided"),
                             **{k: getattr(args, k) for k in ("proposal_tokens", "prescription_tokens") if hasattr(args, k)})
         cfg = WorkerConfig(model_path=model_path, cohort_dir=args.cohort, split=args.split, engine=args.engine,
                            agent=agent, batch_episodes=args.batch_episodes)

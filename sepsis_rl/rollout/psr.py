@@ -43,7 +43,7 @@ class AgentConfig:
     # advice; with a failed proposal too, the candidates are then the documented defaults). REPEAT_LAST
     # kept "no treatment" at a first decision, which cost failing agents survival for a format slip.
     fallback: Fallback = Fallback.BEST_CANDIDATE
-    prompt_style: str = "compact"  # see sepsis_rl.agent.prompts; an agent reads the style it was trained on
+    prompt_style: str = "guided"  # see sepsis_rl.agent.prompts; an agent reads the style it was trained on
     temperature: float = 1.0
     proposal_tokens: int = 48
     prescription_tokens: int = 16
@@ -103,6 +103,9 @@ class PSRAgent:
         """One decision for every episode in ``ids``; appends segments/decisions to ``records``; returns actions."""
         cfg = self.cfg
         obs_texts = [self.renderer.render(s, p, t, a) for s, p, t, a in zip(states, prev_states, steps, last_actions)]
+        # the documented candidates of a failed proposal sit around the guideline's dose (guided style) or the running one
+        anchors = [self.renderer.anchor(s, t, a) for s, t, a in zip(states, steps, last_actions)]
+        anchors = [g if g is not None else a for g, a in zip(anchors, last_actions)]
         prompts = [self.prompt_ids(o) for o in obs_texts]
         segments = [Segment(prompt_length=len(p)) for p in prompts]
         for seg, p in zip(segments, prompts):
@@ -118,7 +121,7 @@ class PSRAgent:
             gen_s = time.perf_counter() - t0
             for i, g in enumerate(props):
                 parsed = parse_proposal(g.text, cfg.k)
-                cands[i] = list(parsed.actions) if parsed.ok else default_candidates(last_actions[i], cfg.k)
+                cands[i] = list(parsed.actions) if parsed.ok else default_candidates(anchors[i], cfg.k)
                 decisions[i].update(proposal_text=g.text, proposal_failure=parsed.failure.value if parsed.failure else "",
                                     candidates=cands[i])
                 segments[i].add(g.token_ids, generated=True, logprobs=g.logprobs)
