@@ -52,6 +52,11 @@ def test_alternative_candidates_rule():
             assert len(c) == k == len(set(c)) and action in c and all(0 <= a < 25 for a in c)
     positions = [alternative_candidates(12, 3, rng).index(12) for _ in range(300)]
     assert set(positions) == {0, 1, 2}  # the prescribed one is not always first
+    # "first": the anchor, one fluid bin up, one vasopressor bin down (F2V2 -> F3V2, F2V1; F0V0 -> F1V0, F0V1)
+    assert alternative_candidates(12, 3, rng, "first") == [12, 17, 11]
+    assert alternative_candidates(0, 3, rng, "first") == [0, 5, 1]
+    with pytest.raises(ValueError, match="candidate rule"):
+        alternative_candidates(0, 3, rng, "best")
 
 
 def test_psr_traces_match_the_rollout_layout(rows, tiny_world, tiny_model_dir):
@@ -98,6 +103,11 @@ def test_presets_load_and_bad_keys_are_named(tmp_path):
     assert load_config("tiny", {"evaluate.engine": "vllm"}).evaluate.engine == "vllm"
     with pytest.raises(ConfigError, match="evaluate.engine must be"):
         load_config("tiny", {"evaluate.engine": "onnx"})
+    assert load_config("cpu").bc.candidates == "first" and load_config("gpu").evaluate.llm_gpus == 1.0
+    with pytest.raises(ConfigError, match="bc.candidates must be"):
+        load_config("tiny", {"bc.candidates": "all"})
+    with pytest.raises(ConfigError, match="evaluate.llm_cpus"):
+        load_config("tiny", {"evaluate.llm_cpus": -1.0})
 
 
 class _ScriptedEngine:
@@ -148,7 +158,13 @@ def test_guided_traces_propose_around_the_guideline_and_prescribe_the_top_ranked
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     spec, model = read_spec(tiny_world[0]), tiny_world[1]
     agent = PSRAgent(None, tok, spec, AgentConfig(k=3, horizon=1, prompt_style="guided"))
-    samples = psr_traces(rows, agent, WorldModelSimulator(model, SimulationConfig(seed=0)), model.window, 8, seed=1)
+    sim = WorldModelSimulator(model, SimulationConfig(seed=0))
+    samples = psr_traces(rows, agent, sim, model.window, 8, seed=1)
+    first = psr_traces(rows, agent, sim, model.window, 8, seed=1, candidates="first")
+    for s in first:  # the "first" rule copies the guideline line: its dose, then its first two neighbours
+        text = tok.decode(s.tokens)
+        guideline, near = re.search(r"Guideline: (F\dV\d); neighbours: ([F\dV, ]+)\.", text).groups()
+        assert f"<propose>{guideline}; {'; '.join(near.split(', ')[:2])}</propose>" in text
     for s in samples:
         generated = [tok.decode([t for t, m in zip(s.tokens, s.loss_mask) if m])]
         text = tok.decode(s.tokens)
@@ -184,3 +200,73 @@ def test_guideline_planner_candidates_are_the_guided_agents_anchor(rows, tiny_wo
         assert list(row) == default_candidates(r.anchor(rows.states[i], int(rows.step[i]), last), 3)
     with pytest.raises(ValueError, match="guideline3"):
         candidate_sets(batch, "guideline3", None)
+
+
+class _GuidedTeacher:
+    """Proposes the guideline dose and its first two neighbours as the observation shows them and
+    prescribes the first line of the ranked tool output; records each call's batch and token count."""
+
+    def __init__(self, tok, kv_capacity_tokens=None):
+        self.tok, self.kv_capacity_tokens, self.calls = tok, kv_capacity_tokens, []
+
+    def generate(self, prompts, params):
+        import re
+
+        from sepsis_rl.rollout.engine import Generation
+
+        self.calls.append((params.stop[0], len(prompts), sum(len(p) for p in prompts)))
+        out = []
+        for p in prompts:
+            text = self.tok.decode(p)
+            if params.stop[0] == "</propose>":
+                g, n1, n2 = re.findall(r"Guideline: (F\dV\d); neighbours: (F\dV\d), (F\dV\d)", text)[-1]
+                reply = f"<propose>{g}; {n1}; {n2}</propose>"
+            else:
+                reply = f"<prescribe>{re.findall(r'F[0-4]V[0-4]', text.rsplit('</propose>', 1)[1])[0]}</prescribe>"
+            ids = self.tok(reply, add_special_tokens=False).input_ids
+            out.append(Generation(list(ids), [0.0] * len(ids), reply, "stop"))
+        return out
+
+
+def test_decision_chunks_by_hand():
+    from sepsis_rl.rollout.psr import decision_chunks
+
+    chunks = decision_chunks([10, 20, 30, 5, 100], budget=50, extra=5)  # needs 15, 25, 35, 10, 105
+    assert [c.tolist() for c in chunks] == [[0, 1], [2, 3], [4]]  # 15+25=40; 35+10=45; 105 alone (over budget)
+    assert [c.tolist() for c in decision_chunks([10, 20], None, 5)] == [[0, 1]]
+    assert [c.tolist() for c in decision_chunks([], 50, 5)] == [[]]
+
+
+def test_decide_in_kv_sized_chunks_gives_the_same_decisions(rows, tiny_world, tiny_model_dir):
+    """A batch bigger than the engine's KV cache is decided chunk by chunk, each chunk's tokens within
+    the budget, with exactly the decisions (and records) of one unbounded batch."""
+    from sepsis_rl.rollout.episodes import EpisodeRecord
+    from sepsis_rl.rollout.psr import KV_BUDGET_SHARE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec, model = read_spec(tiny_world[0]), tiny_world[1]
+    idx = rows.sample(10, np.random.default_rng(3))
+    prev = [rows.previous(int(i)) for i in idx]
+    results = []
+    for capacity in (None, 3000):
+        engine = _GuidedTeacher(tok, capacity)
+        agent = PSRAgent(engine, tok, spec, AgentConfig(k=3, horizon=1, temperature=0.0, prompt_style="guided"))
+        sim = WorldModelSimulator(model, SimulationConfig(seed=0, stochastic=False))
+        ids = np.arange(len(idx))
+        sim.reset(ids, np.stack([rows.history(int(i), model.window) for i in idx]), rows.step[idx])
+        records = [EpisodeRecord(int(e), int(e), 0, True) for e in ids]
+        acts = agent.decide(sim, ids, rows.states[idx], [p for p, _ in prev], [a for _, a in prev],
+                            [int(s) for s in rows.step[idx]], records, 0)
+        results.append((acts, [r.decisions[-1]["tool_output"] for r in records], engine.calls, agent, records))
+    (whole, tools, calls, _, _), (chunked, chunk_tools, chunk_calls, agent, records) = results
+    assert len(calls) == 2 and calls[0][1] == 10  # one proposal and one prescription call
+    proposals = [c for c in chunk_calls if c[0] == "</propose>"]
+    assert len(proposals) > 1 and sum(n for _, n, _ in proposals) == 10
+    assert all(tokens + n * agent.decision_tokens <= KV_BUDGET_SHARE * 3000 for _, n, tokens in proposals)
+    assert np.array_equal(whole, chunked) and tools == chunk_tools
+    from sepsis_rl.curriculum.psr_traces import prescription_by_simulation
+
+    for j, (i, (_, last)) in enumerate(zip(idx, prev)):  # guideline proposed first, the best-scored one prescribed
+        d = records[j].decisions[-1]
+        assert d["candidates"][0] == agent.renderer.anchor(rows.states[i], int(rows.step[i]), last)
+        assert chunked[j] == prescription_by_simulation(d["candidates"], np.array(d["candidate_return"]))

@@ -107,3 +107,45 @@ def test_true_patients_per_policy_kind():
         EvalConfig(stage_patients=0)
     with pytest.raises(ValueError, match="behaviour"):
         EvalConfig(behaviour="guess")
+
+
+def test_llm_tasks_reserve_the_engine_cores_and_gpus():
+    from sepsis_rl.eval.evaluate import EvalConfig
+    from sepsis_rl.eval.run import task_resources
+
+    cfg = EvalConfig()
+    assert task_resources("agent", cfg, 2.0) == {"num_cpus": 2.0, "num_gpus": 0.0}  # one CPU engine at a time
+    assert task_resources("after_bc", cfg, 1.0)["num_cpus"] == 1.0  # capped at the cluster: always schedulable
+    assert task_resources("guideline", cfg, 2.0) == {"num_cpus": 1.0}
+    assert task_resources("agent", EvalConfig(llm_cpus=4, llm_gpus=1), 64.0) == {"num_cpus": 4, "num_gpus": 1}
+    with pytest.raises(ValueError, match="llm_cpus and llm_gpus"):
+        EvalConfig(llm_gpus=-1)
+
+
+def test_policy_probs_batches_rows_unless_the_policy_keeps_per_stay_state(cohort):
+    """Stateless policies (all of ours, LLM policies included) get the logged rows in full batches; a
+    stateful one gets one step per call, so each stay's decisions arrive in order."""
+    from sepsis_rl.eval.evaluate import policy_probs
+    from sepsis_rl.eval.logged import LoggedData
+    from sepsis_rl.eval.policy import Policy
+
+    class Recorder(Policy):
+        def __init__(self, stateful):
+            self.stateful, self.calls, self.name = stateful, [], "recorder"
+
+        def action_probs(self, batch):
+            self.calls.append(batch.steps.copy())
+            out = np.zeros((len(batch), 25))
+            out[np.arange(len(batch)), batch.steps % 25] = 1.0
+            return out
+
+    data = LoggedData.from_cohort(cohort, "test", max_episodes=12)
+    for stateful in (False, True):
+        policy = Recorder(stateful)
+        probs = policy_probs(policy, data, 4, batch=64)
+        assert np.array_equal(probs.argmax(1), data.steps % 25)  # every row answered at its own place
+        sizes = [len(c) for c in policy.calls]
+        if stateful:
+            assert all(len(set(c.tolist())) == 1 for c in policy.calls) and len(policy.calls) == len(np.unique(data.steps))
+        else:
+            assert sizes == [64] * (len(data) // 64) + ([len(data) % 64] if len(data) % 64 else [])

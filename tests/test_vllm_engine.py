@@ -113,6 +113,21 @@ class TestTinyModel:
         params = SamplingParams(max_new_tokens=12, temperature=0)
         _same_generations(engine.generate(ps, params), ref.generate(ps, params), 1e-4)
 
+    def test_kv_capacity_and_block_size(self, tiny, tiny_model_dir):
+        """The capacity the agent chunks its batches to: the cache's bytes over K and V of every layer
+        (fp32); prefixes are cached in CPU_BLOCK_SIZE-token blocks, not vLLM's CPU default of 128."""
+        import json
+        from pathlib import Path
+
+        from sepsis_rl.rollout.vllm_engine import CPU_BLOCK_SIZE
+
+        engine, _, _ = tiny
+        c = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        per_token = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 4
+        assert engine.kv_capacity_tokens == (128 << 20) // per_token
+        assert engine.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE == 32
+
     def test_sampled_logprobs_are_the_temperature_scaled_ones(self, tiny):
         engine, ref, _ = tiny
         ps = _prompts(ref.tokenizer)

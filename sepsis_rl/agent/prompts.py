@@ -144,13 +144,18 @@ class ObservationRenderer:
         return chosen
 
     def render(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
+        return self.render_with_anchor(state, previous, step, last_action)[0]
+
+    def render_with_anchor(self, state: np.ndarray, previous: np.ndarray | None, step: int,
+                           last_action: int | None) -> tuple[str, int | None]:
+        """The observation and the guideline dose it shows (None unless guided): one rule evaluation for both."""
         if self.compact:
             text = self._compact(state, previous, step, last_action)
             g = self.anchor(state, step, last_action)
             if g is None:
-                return text
+                return text, None
             near = ", ".join(render_action(a) for a in neighbours(g, N_NEIGHBOURS))
-            return f"{text}\nGuideline: {render_action(g)}; neighbours: {near}."
+            return f"{text}\nGuideline: {render_action(g)}; neighbours: {near}.", g
         lines = [f"Hour {4 * step} of the ICU stay (decision {step + 1})."]
         lines.append(self._patient_line(state))
         for i, label, unit, dec in self.rows():
@@ -164,7 +169,7 @@ class ObservationRenderer:
             lines.append("Last 4 h: no treatment recorded yet.")
         else:
             lines.append(f"Last 4 h: {render_action(last_action)} ({dose_text(self.spec, last_action)}).")
-        return "\n".join(lines)
+        return "\n".join(lines), None
 
     def _compact(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
         items = []

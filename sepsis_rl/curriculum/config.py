@@ -56,6 +56,9 @@ class BCStage:
 
     traces: int = 128
     target: str = "simulation"
+    # the candidates a simulation-target trace proposes around its anchor: the "first" two neighbours the
+    # observation lists (the set that did best in truth; psr_traces.alternative_candidates) or "random" ones
+    candidates: str = "first"
     epochs: int = 1
     lr: float = 2e-5
     micro_batch: int = 4
@@ -109,6 +112,8 @@ class EvalStage:
     # engine of the LLM policies' decisions ("" = rollout.engine); vLLM's prefix cache makes CPU decisions
     # ~3x faster (README "Evaluation"), after `bash .ci/vllm_env`
     engine: str = ""
+    llm_cpus: float = 2.0  # Ray resources of each LLM policy's evaluation task (see EvalConfig)
+    llm_gpus: float = 0.0
 
 
 @dataclass
@@ -168,10 +173,14 @@ class PipelineConfig:
             raise ConfigError(f"evaluate.engine must be transformers, vllm or empty (the rollout engine), got {self.evaluate.engine!r}")
         if self.bc.target not in ("simulation", "clinician"):
             raise ConfigError(f"bc.target must be 'simulation' or 'clinician', got {self.bc.target!r}")
+        if self.bc.candidates not in ("first", "random"):
+            raise ConfigError(f"bc.candidates must be 'first' or 'random', got {self.bc.candidates!r}")
         e = self.evaluate
         if e.llm_patients < 2 or e.bootstrap < 1 or e.patients < 0 or e.stage_patients < 0 or e.llm_stays < 0:
             raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients, "
                               "evaluate.stage_patients and evaluate.llm_stays >= 0")
+        if e.llm_cpus < 0 or e.llm_gpus < 0:
+            raise ConfigError(f"evaluate.llm_cpus and evaluate.llm_gpus must be >= 0, got {e.llm_cpus} and {e.llm_gpus}")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":
             raise ConfigError("rl.group_size must be >= 2 for GRPO (advantages are relative within a group)")
         check_ranges(self)

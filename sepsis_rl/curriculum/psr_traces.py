@@ -2,8 +2,9 @@
 
 For a logged state the trace is: observation -> ``<propose>`` K candidates -> the *real* world model's
 simulation of each -> ``<prescribe>`` one of them. Candidates follow a documented rule
-(``alternative_candidates``): an anchor and K-1 of its clinical neighbours, up and down in either drug, in
-random order; the anchor is the guideline's dose the guided observation shows, or the clinician's action so that a candidate's position says nothing about which one is prescribed.
+(``alternative_candidates``): an anchor and K-1 of its clinical neighbours, up and down in either drug, either
+the first K-1 as the guided observation lists them or random ones in random order; the anchor is the
+guideline's dose the guided observation shows (simulation target), or the clinician's action.
 The prescription (``target``) is either the candidate with the best simulated outcome score, computed
 only from what the tool output shows (``prescription_by_simulation``), or the clinician's action. Tool-output tokens
 carry no loss; the tokens are laid out exactly as ``PSRAgent.decide`` lays them out at rollout time.
@@ -23,9 +24,21 @@ from sepsis_rl.rollout.psr import PSRAgent, Simulator
 CHUNK = 512  # decisions per simulate call
 
 
-def alternative_candidates(action: int, k: int, rng: np.random.Generator) -> list[int]:
-    """The anchor action plus K-1 distinct neighbours drawn from its first max(K-1, 4) neighbours (one fluid bin
-    up, one vasopressor bin down, one vasopressor bin up, one fluid bin down, ...: ``neighbours``), shuffled."""
+CANDIDATE_RULES = ("first", "random")
+
+
+def alternative_candidates(action: int, k: int, rng: np.random.Generator, rule: str = "random") -> list[int]:
+    """The anchor action plus K-1 distinct neighbours (one fluid bin up, one vasopressor bin down, one
+    vasopressor bin up, one fluid bin down, ...: ``neighbours``).
+
+    ``random``: K-1 drawn from the first max(K-1, 4) neighbours, all shuffled. ``first``: the first K-1 in
+    that order, after the anchor (what the guided observation lists first: the set ``wm_planner_gl3`` and
+    the fallback use; in truth, on 1,500 test patients, +0.095 survival over the clinicians against +0.072
+    for two random neighbours of the guideline's dose, README "Agent")."""
+    if rule == "first":
+        return [int(action), *neighbours(action, k - 1)]
+    if rule != "random":
+        raise ValueError(f"candidate rule must be one of {CANDIDATE_RULES}, got {rule!r}")
     near = neighbours(action, max(k - 1, 4))
     picks = [action] + [int(a) for a in rng.choice(near, size=k - 1, replace=False)]
     rng.shuffle(picks)
@@ -52,7 +65,10 @@ def _histories(rows: CohortRows, idx: np.ndarray, window: int) -> np.ndarray:
 
 
 def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n: int, seed: int,
-               target: str = "simulation") -> list[Sample]:
+               target: str = "simulation", candidates: str = "random") -> list[Sample]:
+    """``n`` teacher decisions on logged states. Clinician-target traces always get ``random`` candidates:
+    listed in a fixed order, the prescribed (logged) action would always be the first."""
+    rule = "random" if target == "clinician" else candidates
     rng = np.random.default_rng(seed)
     cfg = agent.cfg
     out: list[Sample] = []
@@ -62,7 +78,7 @@ def psr_traces(rows: CohortRows, agent: PSRAgent, sim: Simulator, window: int, n
         ids = np.arange(lo, lo + len(idx), dtype=np.int64)
         sim.reset(ids, _histories(rows, idx, window), rows.step[idx])
         anchors = [_anchor(agent, rows, int(i), target) for i in idx]
-        cands = np.array([alternative_candidates(a, cfg.k, rng) for a in anchors], dtype=np.int64)
+        cands = np.array([alternative_candidates(a, cfg.k, rng, rule) for a in anchors], dtype=np.int64)
         res = sim.simulate(ids, cands, cfg.horizon) if cfg.use_simulator else None
         for j, i in enumerate(idx):
             prev, last = rows.previous(int(i))

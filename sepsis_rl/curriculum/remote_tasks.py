@@ -67,9 +67,10 @@ def _bc_traces(cfg: PipelineConfig, tokenizer: str, cohort: str, world_model: st
 
     local = storage.local_copy(cohort)
     agent, sim, window = psr_agent(cfg, None, tokenizer, cohort, world_model, 1.0)
-    train = psr_traces(CohortRows.load(local, "train"), agent, sim, window, cfg.bc.traces, cfg.seed, cfg.bc.target)
+    train = psr_traces(CohortRows.load(local, "train"), agent, sim, window, cfg.bc.traces, cfg.seed, cfg.bc.target,
+                       cfg.bc.candidates)
     heldout = psr_traces(CohortRows.load(local, "val"), agent, sim, window, max(cfg.bc.traces // 8, 4), cfg.seed + 1,
-                         cfg.bc.target)
+                         cfg.bc.target, cfg.bc.candidates)
     return train, heldout
 
 

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test patients for the stage checkpoints (base_llm*, after_sft, after_bc; default: --llm-episodes)")
     p.add_argument("--llm-stays", type=int, default=None,
                    help="logged test stays for the LLM policies' off-policy estimates (default: --llm-episodes)")
+    p.add_argument("--llm-cpus", type=float, default=2.0,
+                   help="CPUs each LLM policy's task reserves (default 2: a CPU engine uses every core it gets)")
+    p.add_argument("--llm-gpus", type=float, default=0.0, help="GPUs each LLM policy's task reserves (default 0)")
     p.add_argument("--repeats", type=int, default=1, help="truth rollouts per patient (default 1)")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (default 200)")
@@ -71,12 +74,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                             ("--repeats", args.repeats, 1), ("--bootstrap", args.bootstrap, 1), ("--samples", args.samples, 1)):
         if value is not None and value < lo:
             raise CohortInputError(f"{flag} must be >= {lo}, got {value}")
+    if args.llm_cpus < 0 or args.llm_gpus < 0:
+        raise CohortInputError(f"--llm-cpus and --llm-gpus must be >= 0, got {args.llm_cpus} and {args.llm_gpus}")
     if not 0 < args.gamma <= 1 or not 0 <= args.epsilon <= 1:
         raise CohortInputError("--gamma must be in (0, 1] and --epsilon in [0, 1]")
     cfg = EvalConfig(policies=tuple(names), patients=args.episodes, llm_patients=args.llm_episodes,
                      llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
                      seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
-                     fqe=not args.no_fqe, llm_in_model=args.llm_in_model, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
+                     fqe=not args.no_fqe, llm_in_model=args.llm_in_model,
+                     llm_cpus=args.llm_cpus, llm_gpus=args.llm_gpus, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
     load_logged(sources, cfg, cfg.split, 2)  # propensities present (or estimable) before any work starts
     out = Path(args.out) if args.out else Path(sources.run_dir or ".") / "eval"
     _check_writable(out)

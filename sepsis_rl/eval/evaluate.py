@@ -49,12 +49,18 @@ class EvalConfig:
     # LLM policies played in the world model too: a third pass of slow decisions, off unless asked for
     llm_in_model: bool = False
     window: int = 4
+    # Ray resources of each LLM policy's task: a CPU engine takes every core it is given, so they run one
+    # at a time on a 2-core machine; on a GPU cluster each takes a GPU (the gpu preset's llm_gpus: 1)
+    llm_cpus: float = 2.0
+    llm_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.n_boot < 1 or not 0 < self.gamma <= 1 or self.llm_patients < 1:
             raise ValueError("repeats, n_boot and llm_patients must be >= 1 and gamma in (0, 1]")
         if self.stage_patients is not None and self.stage_patients < 1 or self.llm_ope_episodes < 1:
             raise ValueError("stage_patients and llm_ope_episodes must be >= 1")
+        if self.llm_cpus < 0 or self.llm_gpus < 0:
+            raise ValueError(f"llm_cpus and llm_gpus must be >= 0, got {self.llm_cpus} and {self.llm_gpus}")
         if self.behaviour not in ("logged", "estimate"):
             raise ValueError(f"behaviour must be 'logged' or 'estimate', got {self.behaviour!r}")
 
@@ -100,8 +106,10 @@ def policy_probs(policy: Any, data: Any, window: int, batch: int = 2048) -> np.n
 
     out = np.zeros((len(data), 25))
     policy.begin(np.unique(data.episode_ids))
-    for step in np.unique(data.steps):  # step by step, so a stateful policy sees each stay's decisions in order
-        rows = np.flatnonzero(data.steps == step)
+    # a stateful policy sees each stay's decisions in order, one step per call; the others get full batches
+    # (an LLM policy's logged stays would otherwise end in long tails of one-decision calls)
+    groups = [np.flatnonzero(data.steps == s) for s in np.unique(data.steps)] if policy.stateful else [np.arange(len(data))]
+    for rows in groups:
         for lo in range(0, len(rows), batch):
             r = rows[lo:lo + batch]
             out[r] = check_probs(policy.action_probs(data.decisions(r, window)), len(r), policy.name)

@@ -82,8 +82,9 @@ class LLMPolicy(Policy):
 
         n = len(batch)
         ids = np.asarray(batch.episode_ids, dtype=np.int64)
+        keys = np.arange(n, dtype=np.int64)  # the tool's episode keys: a batch of logged rows may hold a stay twice
         sim = self.sim if self.sim is not None else _NoTool()
-        sim.reset(ids, batch.history, batch.steps)
+        sim.reset(keys, batch.history, batch.steps)
         prev = [batch.history[i, -2] if batch.lengths[i] >= 2 else None for i in range(n)]
         last = [int(a) if a >= 0 else None for a in batch.last_action]
         counts = np.zeros((n, N_ACTIONS))
@@ -92,13 +93,13 @@ class LLMPolicy(Policy):
         for r in range(rounds):
             records = [EpisodeRecord(int(e), int(e), 0, self.agent.cfg.use_simulator) for e in ids]
             seed = self.seed + 7919 * int(batch.steps.max(initial=0)) + 104729 * r
-            acts = self.agent.decide(sim, ids, batch.current, prev, last, batch.steps.tolist(), records, seed)
+            acts = self.agent.decide(sim, keys, batch.current, prev, last, batch.steps.tolist(), records, seed)
             counts[np.arange(n), acts] += 1
             self._count(records)
-        sim.release(ids)
+        sim.release(keys)
         dt = time.perf_counter() - t0
         # progress of a long LLM evaluation: the task's log (Ray dashboard, Jobs/Tasks -> logs)
-        log.info("%s: %d decisions at step %d in %.1f s (%.2f decisions/s; %d so far)", self.name, n * rounds,
+        log.info("%s: %d decisions (steps up to %d) in %.1f s (%.2f decisions/s; %d so far)", self.name, n * rounds,
                  int(batch.steps.max(initial=0)), dt, n * rounds / max(dt, 1e-9), self.tally["decisions"])
         probs = counts / rounds
         eps = self.cfg.epsilon

@@ -59,6 +59,9 @@ class Policy(ABC):
 
     name: str = "policy"
     deterministic: bool = False
+    # True: probabilities depend on earlier calls for the same stay, so a batch may hold each stay once and
+    # stays must be presented in order; False (every policy here): any rows, in any batch
+    stateful: bool = False
 
     @abstractmethod
     def action_probs(self, batch: DecisionBatch) -> np.ndarray:

@@ -37,7 +37,8 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
         # a fresh worker process per policy: a second vLLM engine in a reused worker fails to start (its
         # predecessor's engine processes and shared-memory tracker linger), and memory is returned between policies
         task = ray.remote(max_retries=0, max_calls=1)(evaluate_one)
-        refs = {task.options(num_cpus=task_cpus(n)).remote(n, sources, cfg): n for n in names}
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        refs = {task.options(**task_resources(n, cfg, cluster_cpus)).remote(n, sources, cfg): n for n in names}
         results: dict[str, dict[str, Any]] = {}
         with tqdm(total=len(refs), desc="evaluating policies") as bar:
             pending = list(refs)
@@ -61,6 +62,15 @@ def run_evaluation(sources: Sources, cfg: EvalConfig, task_timeout_s: float | No
         if started:
             ray.shutdown()
     return assemble(sources, cfg, {n: results[n] for n in names})
+
+
+def task_resources(name: str, cfg: EvalConfig, cluster_cpus: float) -> dict[str, float]:
+    """Ray resources of a policy's task. An LLM policy's engine uses every core it is given (vLLM's CPU
+    backend binds its threads to the node's cores), so it reserves ``cfg.llm_cpus``: two CPU engines on
+    the same cores would only share them, their threads contending."""
+    if name in LLM_POLICIES:  # capped at the cluster's CPUs: never a request that cannot be scheduled
+        return {"num_cpus": min(cfg.llm_cpus, cluster_cpus), "num_gpus": cfg.llm_gpus}
+    return {"num_cpus": task_cpus(name)}
 
 
 def task_cpus(name: str) -> float:

@@ -34,6 +34,31 @@ class Simulator(Protocol):
     def release(self, episode_ids: np.ndarray) -> None: ...
 
 
+# Chunking a decision batch to the engine's KV cache (``PSRAgent.decide``): the share of the cache a chunk
+# may fill (the rest absorbs the estimate's error), the tool block's token allowance (the guided tool
+# output of 3 candidates and its chat-template turn: ~120 tokens) and the seed stride between chunks
+KV_BUDGET_SHARE = 0.75
+TOOL_TOKEN_ALLOWANCE = 160
+CHUNK_SEED_STRIDE = 1_000_003
+
+
+def decision_chunks(prompt_lengths: list[int], budget: int | None, extra: int) -> list[np.ndarray]:
+    """Consecutive index ranges whose decisions (prompt + ``extra`` tokens each) fit ``budget`` tokens;
+    one range when unbounded; a single decision over the budget still gets a chunk of its own."""
+    n = len(prompt_lengths)
+    if budget is None or n == 0:
+        return [np.arange(n)]
+    chunks, start, used = [], 0, 0
+    for i, length in enumerate(prompt_lengths):
+        need = length + extra
+        if i > start and used + need > budget:
+            chunks.append(np.arange(start, i))
+            start, used = i, 0
+        used += need
+    chunks.append(np.arange(start, n))
+    return chunks
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     k: int = 3  # candidates per proposal
@@ -100,13 +125,39 @@ class PSRAgent:
 
     def decide(self, sim: Simulator, ids: np.ndarray, states: np.ndarray, prev_states: list[np.ndarray | None],
                last_actions: list[int | None], steps: list[int], records: list[EpisodeRecord], seed: int) -> np.ndarray:
-        """One decision for every episode in ``ids``; appends segments/decisions to ``records``; returns actions."""
-        cfg = self.cfg
-        obs_texts = [self.renderer.render(s, p, t, a) for s, p, t, a in zip(states, prev_states, steps, last_actions)]
+        """One decision for every episode in ``ids``; appends segments/decisions to ``records``; returns actions.
+
+        Large batches are decided in chunks whose tokens fit the engine's KV cache: a batch that overflows
+        it evicts the proposal prompts' cached prefixes before the prescription call, which then prefills
+        every prompt a second time (measured on a 2 GiB CPU cache: 200 patients at once 1.04 decisions/s)."""
+        rendered = [self.renderer.render_with_anchor(s, p, t, a) for s, p, t, a in zip(states, prev_states, steps, last_actions)]
+        obs_texts = [text for text, _ in rendered]
         # the documented candidates of a failed proposal sit around the guideline's dose (guided style) or the running one
-        anchors = [self.renderer.anchor(s, t, a) for s, t, a in zip(states, steps, last_actions)]
-        anchors = [g if g is not None else a for g, a in zip(anchors, last_actions)]
+        anchors = [g if g is not None else a for (_, g), a in zip(rendered, last_actions)]
         prompts = [self.prompt_ids(o) for o in obs_texts]
+        actions = np.zeros(len(ids), dtype=np.int64)
+        for c, part in enumerate(decision_chunks([len(p) for p in prompts], self._token_budget(), self.decision_tokens)):
+            pick = list(part)
+            actions[part] = self._decide(sim, np.asarray(ids)[part], [states[i] for i in pick], [last_actions[i] for i in pick],
+                                         [steps[i] for i in pick], [records[i] for i in pick],
+                                         None if seed is None else seed + CHUNK_SEED_STRIDE * c,
+                                         [obs_texts[i] for i in pick], [anchors[i] for i in pick], [prompts[i] for i in pick])
+        return actions
+
+    @property
+    def decision_tokens(self) -> int:
+        """KV tokens a decision adds beyond its prompt: proposal, tool block (allowance), prescription."""
+        return self.cfg.proposal_tokens + TOOL_TOKEN_ALLOWANCE + self.cfg.prescription_tokens
+
+    def _token_budget(self) -> int | None:
+        """Tokens one chunk of decisions may hold in the engine's KV cache (None: unbounded)."""
+        capacity = getattr(self.engine, "kv_capacity_tokens", None)
+        return None if capacity is None else int(KV_BUDGET_SHARE * capacity)
+
+    def _decide(self, sim: Simulator, ids: np.ndarray, states: list[np.ndarray], last_actions: list[int | None],
+                steps: list[int], records: list[EpisodeRecord], seed: int | None, obs_texts: list[str],
+                anchors: list[int | None], prompts: list[list[int]]) -> np.ndarray:
+        cfg = self.cfg
         segments = [Segment(prompt_length=len(p)) for p in prompts]
         for seg, p in zip(segments, prompts):
             seg.add(p, generated=False)

@@ -50,6 +50,22 @@ INSTALL_HINT = (
 
 
 CPU_KV_CACHE_BYTES = 2 << 30  # the KV cache of a CPU engine unless given (SEPSIS_RL_VLLM_CPU_KV_BYTES overrides)
+# KV block size of a CPU engine unless given: vLLM's CPU default of 128 caches prefixes in 128-token steps,
+# so up to 127 tokens of the shared system prompt and of the proposal prompt are prefilled again on every
+# call; 32 is the smallest size the CPU kernels run at full speed (benchmarks/rollout.py)
+CPU_BLOCK_SIZE = 32
+
+
+def _kv_bytes_per_token(model_path: str, dtype: str) -> int:
+    """Bytes of keys and values one token takes across all layers (what the KV cache is sized in)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_path)
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    width = 4 if dtype in ("float32", "float") else 2
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * width
 
 
 def import_vllm() -> Any:
@@ -67,10 +83,11 @@ class VLLMEngine:
     ``dtype`` is ``"float32"`` by default (bf16 gives wrong text on vLLM's CPU backend; pass
     ``"bfloat16"`` on GPUs). ``gpu_memory_utilization`` is the share of the memory node vLLM may
     take: default 0.3 on CPU (vLLM sees ~11.7 GiB there), 0.9 on GPU; ``kv_cache_memory_bytes``
-    (default on CPU: ``CPU_KV_CACHE_BYTES``, 2 GiB, about 45,000 tokens of the 135M model: CPU decoding
-    is compute-bound, so a larger cache buys no speed, while vLLM's own CPU default took 6.3 GiB per
-    engine and two evaluation engines beside a pipeline ran a 24 GiB machine out of memory)
-    sets the KV cache size explicitly instead (small values start faster). ``enforce_eager``
+    (default on CPU: ``CPU_KV_CACHE_BYTES``, 2 GiB, about 46,000 tokens of the 135M model; vLLM's own CPU
+    default took 6.3 GiB per engine and two evaluation engines beside a pipeline ran a 24 GiB machine out
+    of memory) sets the KV cache size explicitly instead (small values start faster); the agent decides
+    large batches in chunks that fit it (``kv_capacity_tokens``), so a larger cache buys no speed.
+    ``block_size`` (default on CPU: ``CPU_BLOCK_SIZE``) is the prefix cache's granularity. ``enforce_eager``
     defaults to True on CPU (no compile step at start-up), False on GPU (CUDA graphs).
     ``weight_transfer="nccl"`` (GPU only) enables vLLM's NCCL weight-broadcast path, see
     :meth:`init_weight_transfer_engine`.
@@ -86,6 +103,7 @@ class VLLMEngine:
         max_model_len: int | None = 4096,
         kv_cache_memory_bytes: int | None = None,
         enable_prefix_caching: bool = True,
+        block_size: int | None = None,
         in_process: bool | None = None,
         weight_transfer: str | None = None,
         **llm_kwargs: Any,
@@ -107,6 +125,10 @@ class VLLMEngine:
             enforce_eager = self.on_cpu
         if kv_cache_memory_bytes is None and self.on_cpu:
             kv_cache_memory_bytes = int(os.environ.get("SEPSIS_RL_VLLM_CPU_KV_BYTES", CPU_KV_CACHE_BYTES))
+        if block_size is None and self.on_cpu:
+            block_size = CPU_BLOCK_SIZE
+        if block_size is not None:
+            llm_kwargs["block_size"] = block_size
         if weight_transfer is not None:
             llm_kwargs["weight_transfer_config"] = {"backend": weight_transfer}
         if _stale_gguf_quantization(model_path) and not callable(llm_kwargs.get("hf_overrides")):
@@ -133,6 +155,9 @@ class VLLMEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_token_id = self.tokenizer.eos_token_id
+        # tokens the KV cache holds (CPU: its size is set here; GPU: vLLM sizes it, None = not bounded here)
+        self.kv_capacity_tokens = (kv_cache_memory_bytes // _kv_bytes_per_token(self.model_path, dtype)
+                                   if kv_cache_memory_bytes else None)
         self._weight_names = _checkpoint_names(self.model_path)
 
     # --------------------------------------------------------------------------------- generation
