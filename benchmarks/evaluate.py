@@ -1,6 +1,12 @@
-"""Evaluation benchmark, printing JSON: OPE time on synthetic transitions (and, later, policy decisions/s).
+"""Evaluation benchmark, printing JSON: OPE time on synthetic transitions, policy decisions/s, LLM batches.
 
     PYTHONPATH=. python benchmarks/evaluate.py [--transitions 100000] [--threads 1] [--sections ope]
+    python benchmarks/evaluate.py --sections llm_batch --run runs/cpu [--llm-patients 120]
+
+``llm_batch``: the run's agent deciding for ``--llm-patients`` test patients at once (a truth rollout's
+first step), on the vLLM engine, in three set-ups of one run: vLLM's CPU default prefix blocks (128
+tokens) with the whole batch in one call per phase (what evaluation did), the same decided in chunks that
+fit the KV cache, and chunks with 32-token blocks (the default now). Same greedy actions in all three.
 
 Sections are independent functions returning a dict; ``policies`` is the hook for decisions/s per policy
 family (clinician, rules, planners, offline RL, LLMs), filled in by the evaluate driver's owner.
@@ -8,14 +14,17 @@ family (clinician, rules, planners, offline RL, LLMs), filled in by the evaluate
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import time
-from collections.abc import Callable
 
-import numpy as np
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the JSON only (llm_batch)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 
 def synthetic_logged(n_transitions: int, seed: int = 0, n_features: int = 46):
@@ -114,9 +123,57 @@ def _first_rows(data, n: int):  # noqa: ANN001, ANN202
     return data
 
 
+def bench_llm_batch(run_dir: str | None, n_patients: int) -> dict:
+    """Decisions/s of the agent on one large batch (see the module docstring); ratios over the first set-up."""
+    from sepsis_rl.eval.logged import LoggedData
+    from sepsis_rl.eval.registry import Sources
+    from sepsis_rl.rollout.episodes import EpisodeRecord
+    from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
+    from sepsis_rl.rollout.vllm_engine import VLLMEngine
+    from world_model.checkpoint import load_world_model
+    from world_model.simulation import SimulationConfig, WorldModelSimulator
+
+    if run_dir is None:
+        return {"skipped": "pass --run RUN_DIR (its agent, world model and cohort)"}
+    from sepsis_rl.cohort.store import read_spec
+
+    src = Sources.from_run(run_dir)
+    spec = read_spec(src.cohort)
+    data = LoggedData.from_cohort(src.cohort, "test", max_episodes=n_patients)
+    batch = data.decisions(np.flatnonzero(data.steps == 0)[:n_patients], 4)
+    sim = WorldModelSimulator(load_world_model(src.world_model), SimulationConfig(stochastic=False, max_steps=10**6))
+    a = src.agent_cfg
+    agent_cfg = AgentConfig(k=int(a.get("k", 3)), horizon=int(a.get("horizon", 1)), temperature=0.0,
+                            prompt_style=str(a.get("prompt_style", "guided")))
+    out: dict = {"patients": len(batch)}
+    for name, block, chunked in (("block128_one_batch", 128, False), ("block128_chunked", 128, True),
+                                 ("block32_chunked", 32, True)):
+        engine = VLLMEngine(str(src.agent_model), block_size=block)
+        capacity = engine.kv_capacity_tokens
+        if not chunked:
+            engine.kv_capacity_tokens = None  # PSRAgent.decide then sends the whole batch at once
+        agent = PSRAgent(engine, engine.tokenizer, spec, agent_cfg)
+        ids = np.arange(len(batch), dtype=np.int64)
+        sim.reset(ids, batch.history, batch.steps)
+        records = [EpisodeRecord(int(i), int(i), 0, agent_cfg.use_simulator) for i in ids]
+        t0 = time.perf_counter()
+        actions = agent.decide(sim, ids, batch.current, [None] * len(ids), [None] * len(ids), [0] * len(ids), records, 0)
+        dt = time.perf_counter() - t0
+        sim.release(ids)
+        engine.close()
+        out[name] = {"seconds": round(dt, 1), "decisions_per_s": round(len(ids) / dt, 3), "kv_capacity_tokens": capacity,
+                     "actions_hash": int(np.sum(actions * (np.arange(len(actions)) + 1)))}
+    base = out["block128_one_batch"]["decisions_per_s"]
+    for name in ("block128_chunked", "block32_chunked"):
+        out[name]["speedup"] = round(out[name]["decisions_per_s"] / base, 2)
+    out["same_actions"] = len({out[n]["actions_hash"] for n in ("block128_one_batch", "block128_chunked", "block32_chunked")}) == 1
+    return out
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "ope": lambda a: bench_ope(a.transitions, a.threads),
     "policies": lambda a: bench_policies(a.decisions, a.run, a.cohort, a.world_model, a.llm_decisions),
+    "llm_batch": lambda a: bench_llm_batch(a.run, a.llm_patients),
 }
 
 
@@ -129,6 +186,7 @@ def main() -> None:
     ap.add_argument("--cohort", help="cohort folder (without a run)")
     ap.add_argument("--world-model", help="world model folder (planners, without a run)")
     ap.add_argument("--llm-decisions", type=int, default=16)
+    ap.add_argument("--llm-patients", type=int, default=120, help="patients of the llm_batch section's batch")
     ap.add_argument("--sections", default="ope", help=f"comma-separated, of {','.join(SECTIONS)}")
     args = ap.parse_args()
     out = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

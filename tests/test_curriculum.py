@@ -52,7 +52,7 @@ def test_alternative_candidates_rule():
             assert len(c) == k == len(set(c)) and action in c and all(0 <= a < 25 for a in c)
     positions = [alternative_candidates(12, 3, rng).index(12) for _ in range(300)]
     assert set(positions) == {0, 1, 2}  # the prescribed one is not always first
-    # "first": the anchor, one fluid bin up, one vasopressor bin down (F2V2 -> F3V2, F2V1; F0V0 -> F1V0, F0V1)
+    # "first": the anchor, one fluid bin up, one vasopressor bin down, or up from none (F2V2 -> F3V2, F2V1; F0V0 -> F1V0, F0V1)
     assert alternative_candidates(12, 3, rng, "first") == [12, 17, 11]
     assert alternative_candidates(0, 3, rng, "first") == [0, 5, 1]
     with pytest.raises(ValueError, match="candidate rule"):
