@@ -52,7 +52,8 @@ INSTALL_HINT = (
 CPU_KV_CACHE_BYTES = 2 << 30  # the KV cache of a CPU engine unless given (SEPSIS_RL_VLLM_CPU_KV_BYTES overrides)
 # KV block size of a CPU engine unless given: vLLM's CPU default of 128 caches prefixes in 128-token steps,
 # so up to 127 tokens of the shared system prompt and of the proposal prompt are prefilled again on every
-# call; 32 is the smallest size the CPU kernels run at full speed (benchmarks/rollout.py)
+# call; 32 is the smallest size vLLM's CPU backend does not warn about as slow ("prefers multiples of 32").
+# Measured: `benchmarks/evaluate.py --sections llm_batch` (chunked decisions, 128 -> 32: 1.52 -> 1.78 decisions/s)
 CPU_BLOCK_SIZE = 32
 
 
