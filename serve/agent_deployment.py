@@ -59,7 +59,7 @@ def make_engine(kind: str, model_path: str) -> Any:
     if kind == "vllm":
         from sepsis_rl.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, in_process=True)
+        return VLLMEngine(model_path, in_process=True, dtype="auto")  # as the evaluation decides (bf16 where native)
     import torch
 
     from sepsis_rl.rollout.transformers_engine import TransformersEngine

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from sepsis_rl.agent.prompts import PROMPT_STYLES
+from sepsis_rl.rollout.dtypes import DTYPES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "cpu", "gpu")
@@ -114,6 +115,7 @@ class EvalStage:
     engine: str = ""
     llm_cpus: float = 2.0  # Ray resources of each LLM policy's evaluation task (see EvalConfig)
     llm_gpus: float = 0.0
+    llm_dtype: str = "auto"  # the LLM engine's dtype (auto: bf16 on GPUs and CPUs with native bf16; see EvalConfig)
 
 
 @dataclass
@@ -179,6 +181,8 @@ class PipelineConfig:
         if e.llm_patients < 2 or e.bootstrap < 1 or e.patients < 0 or e.stage_patients < 0 or e.llm_stays < 0:
             raise ConfigError("evaluate.llm_patients must be >= 2, evaluate.bootstrap >= 1, evaluate.patients, "
                               "evaluate.stage_patients and evaluate.llm_stays >= 0")
+        if e.llm_dtype not in DTYPES:
+            raise ConfigError(f"evaluate.llm_dtype must be one of {', '.join(DTYPES)}, got {e.llm_dtype!r}")
         if e.llm_cpus < 0 or e.llm_gpus < 0:
             raise ConfigError(f"evaluate.llm_cpus and evaluate.llm_gpus must be >= 0, got {e.llm_cpus} and {e.llm_gpus}")
         if self.rl.group_size < 2 and self.rl.algorithm == "grpo":

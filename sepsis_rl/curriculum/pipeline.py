@@ -285,7 +285,8 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
                       patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_stays or e.llm_patients,
                       stage_patients=e.stage_patients or None,
                       gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines,
-                      engine=e.engine or cfg.rollout.engine, llm_cpus=e.llm_cpus, llm_gpus=e.llm_gpus)
+                      engine=e.engine or cfg.rollout.engine, llm_cpus=e.llm_cpus, llm_gpus=e.llm_gpus,
+                      llm_dtype=e.llm_dtype)
     partial = run.path("eval.partial.json")  # what finished survives a stop of a long LLM evaluation
     report = run_evaluation(Sources.from_run(run.root), ecfg, on_partial=lambda r: write_partial(r, partial))
     with atomic_dir(run.path("eval")) as tmp:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from sepsis_rl.cohort.validation import CohortInputError
+from sepsis_rl.rollout.dtypes import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-cpus", type=float, default=2.0,
                    help="CPUs each LLM policy's task reserves (default 2: a CPU engine uses every core it gets)")
     p.add_argument("--llm-gpus", type=float, default=0.0, help="GPUs each LLM policy's task reserves (default 0)")
+    p.add_argument("--llm-dtype", choices=DTYPES, default="auto",
+                   help="vLLM engine dtype of LLM policies (default auto: bf16 on GPUs and CPUs with native bf16)")
     p.add_argument("--repeats", type=int, default=1, help="truth rollouts per patient (default 1)")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (default 200)")
@@ -82,7 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                      llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
                      seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
                      fqe=not args.no_fqe, llm_in_model=args.llm_in_model,
-                     llm_cpus=args.llm_cpus, llm_gpus=args.llm_gpus, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
+                     llm_cpus=args.llm_cpus, llm_gpus=args.llm_gpus, llm_dtype=args.llm_dtype, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
     load_logged(sources, cfg, cfg.split, 2)  # propensities present (or estimable) before any work starts
     out = Path(args.out) if args.out else Path(sources.run_dir or ".") / "eval"
     _check_writable(out)

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from sepsis_rl.rollout.dtypes import resolve_dtype
 from sepsis_rl.rollout.engine import Generation, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ def import_vllm() -> Any:
 class VLLMEngine:
     """The engine contract on a running ``vllm.LLM``.
 
-    ``dtype`` is ``"float32"`` by default (bf16 gives wrong text on vLLM's CPU backend; pass
-    ``"bfloat16"`` on GPUs). ``gpu_memory_utilization`` is the share of the memory node vLLM may
+    ``dtype`` is ``"float32"`` by default (what the fp32 learner computes; the log-probabilities agree),
+    ``"bfloat16"``, or ``"auto"`` (:func:`resolve_dtype`: bf16 where the hardware does it natively). ``gpu_memory_utilization`` is the share of the memory node vLLM may
     take: default 0.3 on CPU (vLLM sees ~11.7 GiB there), 0.9 on GPU; ``kv_cache_memory_bytes``
     (default on CPU: ``CPU_KV_CACHE_BYTES``, 2 GiB, about 46,000 tokens of the 135M model; vLLM's own CPU
     default took 6.3 GiB per engine and two evaluation engines beside a pipeline ran a 24 GiB machine out
@@ -116,6 +117,7 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         self.on_cpu = bool(current_platform.is_cpu())
+        self.dtype = dtype = resolve_dtype(dtype, self.on_cpu)
         if weight_transfer is not None and self.on_cpu:
             raise RuntimeError(
                 f"weight_transfer={weight_transfer!r} needs CUDA GPUs (NCCL); on CPU use load_weights(state_dict)"
