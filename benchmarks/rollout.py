@@ -2,7 +2,7 @@
 
     python benchmarks/rollout.py [--model default|DIR] [--world-model DIR --cohort DIR] [--episodes 8]
         [--engine transformers|vllm] [--prompt-style guided|compact|verbose] [--horizon 1] [--threads 1]
-        [--before-model DIR --before-style verbose --before-horizon 4]
+        [--dtype float32|bfloat16|auto] [--before-model DIR --before-style verbose --before-horizon 4]
 
 Like for like: the generate calls one rollout worker made (every proposal and prescription batch,
 rebuilt token for token from its episodes) are replayed on the bare engine in this process, with the
@@ -10,7 +10,9 @@ same batches, sampling settings and thread count; the overhead ratio is the work
 tokens/s over the bare engine's. Scaling (transformers): 2 workers (1 thread each) over 1. Per decision:
 prompt tokens (the proposal call), tool-output tokens, generated tokens, and the share of the FLOP limit
 (2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``: 220 is
-fp32 on these 2 cores). ``--before-model`` measures the earlier setup (transformers, 1 worker, 1 thread,
+fp32 on these 2 cores). ``--dtype`` is the vLLM engine's dtype (auto: bf16 where the CPU has it natively);
+for any dtype but float32 the worker's behaviour log-probabilities are compared with fp32 teacher forcing of
+the same tokens (what the fp32 learner computes: its importance ratios start from these). ``--before-model`` measures the earlier setup (transformers, 1 worker, 1 thread,
 its prompt style and horizon) in the same run, so the speed-up is a ratio of one run's numbers. Without
 --world-model a small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained
 agent (a run's ``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
@@ -75,12 +77,17 @@ def generation_calls(table: pa.Table, k_tokens: tuple[int, int]) -> list[tuple[l
     return calls
 
 
-def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int, engine_kind: str = "transformers") -> dict:
+def engine_options(engine_kind: str, dtype: str) -> dict:
+    return {"dtype": dtype} if engine_kind == "vllm" else {}
+
+
+def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int, engine_kind: str = "transformers",
+                dtype: str = "float32") -> dict:
     """The same generate calls, same batches and settings, in this process with no Ray, no simulator."""
     import torch
 
     torch.set_num_threads(threads)
-    engine = make_engine(engine_kind, model_path)
+    engine = make_engine(engine_kind, model_path, **engine_options(engine_kind, dtype))
     engine.generate(calls[0][0][:1], SamplingParams(4, agent_cfg.temperature, 0))  # warm-up
     tokens, seconds = 0, 0.0
     by_call = {"proposal_s": 0.0, "prescription_s": 0.0}  # calls alternate: proposals, then prescriptions
@@ -110,6 +117,23 @@ def token_counts(table: pa.Table) -> dict:
             "total": round(total / n, 1)}
 
 
+def logprob_agreement(table: pa.Table, model_path: str, temperature: float) -> dict:
+    """The engine's behaviour log-probabilities against fp32 teacher forcing (the transformers engine) of the
+    same generated tokens: mean and max absolute difference, and how often exp(difference), the importance
+    ratio a learner would start from, leaves PPO's [0.8, 1.2] clip range."""
+    from sepsis_rl.rollout.transformers_engine import TransformersEngine
+
+    ref = TransformersEngine(model_path)
+    diffs = []
+    for toks, mask, lps in zip(*(table.column(c).to_pylist() for c in ("tokens", "loss_mask", "logprobs"))):
+        for t, m, lp in zip(toks, mask, lps):
+            teacher = ref.score_tokens([t], temperature)[0]
+            diffs += [lp[j] - teacher[j - 1] for j in range(1, len(t)) if m[j]]
+    d = np.abs(np.asarray(diffs))
+    return {"tokens": int(d.size), "mean_abs_diff": round(float(d.mean()), 5), "max_abs_diff": round(float(d.max()), 4),
+            "ratio_outside_clip_0.2": round(float(np.mean((np.exp(d) > 1.2) | (np.exp(-d) < 0.8))), 4)}
+
+
 def parameter_count(model_path: str) -> int:
     from safetensors import safe_open
 
@@ -122,12 +146,14 @@ def parameter_count(model_path: str) -> int:
 
 
 def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: int, max_steps: int,
-                agent_cfg: AgentConfig, threads: int = 1, engine: str = "transformers") -> tuple[dict, pa.Table]:
+                agent_cfg: AgentConfig, threads: int = 1, engine: str = "transformers",
+                dtype: str = "float32") -> tuple[dict, pa.Table]:
     pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model),
                          sim_config=SimulationConfig(seed=0, max_steps=max_steps),
                          config=PoolConfig(num_shards=1, num_cpus_per_shard=0.25))
     cfg = WorkerConfig(model_path=model_path, cohort_dir=cohort, split="test", agent=agent_cfg, engine=engine,
-                       batch_episodes=max(1, episodes // n_workers), threads=threads)
+                       batch_episodes=max(1, episodes // n_workers), threads=threads,
+                       engine_options=engine_options(engine, dtype))
     workers = [RolloutWorker.options(num_cpus=0.5).remote(i, cfg, pool) for i in range(n_workers)]
     ray.get([w.__ray_ready__.remote() for w in workers])  # exclude model loading from the timing
     ray.get([w.run.remote(1, 1, 10**6) for w in workers])  # and the engine's first-call warm-up (as the bare engine's)
@@ -141,22 +167,25 @@ def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: i
     tokens = int(np.sum(table.column("generated_tokens").to_numpy()))
     gen_s = float(np.sum(table.column("generate_s").to_numpy())) / n_workers
     failures = int(np.sum(table.column("parse_failures").to_numpy()))
-    return {"engine": engine, "prompt_style": agent_cfg.prompt_style, "horizon": agent_cfg.horizon, "workers": n_workers,
+    return {"engine": engine, **({"dtype": dtype} if engine == "vllm" else {}), "prompt_style": agent_cfg.prompt_style, "horizon": agent_cfg.horizon, "workers": n_workers,
             "threads_per_worker": threads, "decisions": decisions, "seconds": round(dt, 2),
             "decisions_per_s": round(decisions / dt, 3), "tokens_per_s": round(tokens / dt, 1),
             "generate_share_of_time": round(gen_s / dt, 3), "parse_failure_rate": round(failures / (2 * decisions), 3)}, table
 
 
 def measure(args: argparse.Namespace, model_path: str, cohort: str, model, agent_cfg: AgentConfig, engine: str,
-            threads: int, scaling: bool) -> dict:
+            threads: int, scaling: bool, dtype: str = "float32") -> dict:
     """One setup: a worker's decisions/s, the bare engine on its calls, tokens and FLOP share per decision."""
     out: dict = {"model": model_path}
-    out["worker"], table = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, threads, engine)
+    out["worker"], table = workers_run(1, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, threads,
+                                       engine, dtype)
     if scaling:
         out["workers_2"], _ = workers_run(2, model_path, cohort, model, args.episodes, args.max_steps, agent_cfg, 1, engine)
         out["scaling_2_over_1_workers"] = round(out["workers_2"]["decisions_per_s"] / out["worker"]["decisions_per_s"], 3)
     calls = generation_calls(table, (agent_cfg.proposal_tokens, agent_cfg.prescription_tokens))
-    out["bare_engine"] = bare_engine(model_path, calls, agent_cfg, threads, engine)
+    out["bare_engine"] = bare_engine(model_path, calls, agent_cfg, threads, engine, dtype)
+    if engine == "vllm" and dtype != "float32":
+        out["logprobs_vs_fp32_teacher"] = logprob_agreement(table, model_path, agent_cfg.temperature)
     # like for like: the worker's generate calls replayed on the bare engine, same engine and threads
     out["overhead_ratio_tokens_per_s"] = round(out["worker"]["tokens_per_s"] / out["bare_engine"]["tokens_per_s"], 3)
     out["tokens_per_decision"] = tok = token_counts(table)
@@ -180,11 +209,21 @@ def main() -> None:
     ap.add_argument("--before-model", help="also measure the earlier setup on this model (transformers, 1 thread)")
     ap.add_argument("--before-style", choices=("guided", "compact", "verbose"), default="verbose")
     ap.add_argument("--before-horizon", type=int, default=4)
-    ap.add_argument("--peak-gflops", type=float, default=220.0, help="the FLOP limit (fp32, these 2 cores: 220)")
+    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="float32",
+                    help="vLLM engine dtype (auto: bf16 on CPUs with native bf16)")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the FLOP limit (these 2 cores: 220 GFLOP/s in fp32, the default; 850 in bf16, the default for bf16)")
     args = ap.parse_args()
+    import torch
+
+    from sepsis_rl.rollout.dtypes import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype, on_cpu=not torch.cuda.is_available())
+    if args.peak_gflops is None:
+        args.peak_gflops = 850.0 if args.engine == "vllm" and args.dtype == "bfloat16" else 220.0
     model_path = resolve_base_model(args.model)
     agent_cfg = AgentConfig(proposal_tokens=48, prescription_tokens=16, horizon=args.horizon, prompt_style=args.prompt_style)
-    out: dict = {"episodes": args.episodes, "max_steps": args.max_steps}
+    out: dict = {"episodes": args.episodes, "max_steps": args.max_steps, "peak_gflops": args.peak_gflops}
     with tempfile.TemporaryDirectory() as tmp:
         model, cohort = world(args, Path(tmp))
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -194,7 +233,7 @@ def main() -> None:
                 out["before"] = measure(args, resolve_base_model(args.before_model), cohort, model, before,
                                         "transformers", 1, scaling=True)
             out["now"] = measure(args, model_path, cohort, model, agent_cfg, args.engine, args.threads,
-                                 scaling=args.engine == "transformers")
+                                 scaling=args.engine == "transformers", dtype=args.dtype)
         finally:
             ray.shutdown()
     if "before" in out:

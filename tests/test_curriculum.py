@@ -108,6 +108,9 @@ def test_presets_load_and_bad_keys_are_named(tmp_path):
         load_config("tiny", {"bc.candidates": "all"})
     with pytest.raises(ConfigError, match="evaluate.llm_cpus"):
         load_config("tiny", {"evaluate.llm_cpus": -1.0})
+    assert load_config("cpu").evaluate.llm_dtype == "auto" and load_config("cpu").evaluate.stage_ope is False
+    with pytest.raises(ConfigError, match="evaluate.llm_dtype must be one of auto, float32, bfloat16, got 'fp16'"):
+        load_config("tiny", {"evaluate.llm_dtype": "fp16"})
 
 
 class _ScriptedEngine:

@@ -122,6 +122,35 @@ def test_llm_tasks_reserve_the_engine_cores_and_gpus():
         EvalConfig(llm_gpus=-1)
 
 
+def test_stage_checkpoints_skip_logged_estimates_only_where_the_truth_compares_them():
+    from types import SimpleNamespace
+
+    from sepsis_rl.eval.evaluate import EvalConfig, logged_estimates_wanted
+
+    plain, oracle = SimpleNamespace(), SimpleNamespace(truth_only=True)
+    off = EvalConfig(stage_ope=False)
+    assert not logged_estimates_wanted("after_bc", plain, off, has_truth=True)  # truth only
+    assert logged_estimates_wanted("after_bc", plain, off, has_truth=False)  # an imported cohort: OPE is all there is
+    assert logged_estimates_wanted("agent", plain, off, has_truth=True) and logged_estimates_wanted("cql", plain, off, True)
+    assert logged_estimates_wanted("after_sft", plain, EvalConfig(), has_truth=True)  # default: every policy
+    assert not logged_estimates_wanted("oracle_planner_k3", oracle, EvalConfig(), has_truth=True)
+    assert not logged_estimates_wanted("oracle_planner_k3", oracle, EvalConfig(), has_truth=False)
+
+
+def test_llm_dtype_reaches_the_engine_constructor():
+    """vLLM gets the dtype name (it resolves auto itself); the transformers engine stays fp32 unless bf16 is asked."""
+    import torch
+
+    from sepsis_rl.eval.evaluate import EvalConfig
+    from sepsis_rl.eval.llm_policy import engine_dtype
+
+    assert engine_dtype("vllm", "auto") == {"dtype": "auto"} and engine_dtype("vllm", "float32") == {"dtype": "float32"}
+    assert engine_dtype("transformers", "auto") == {} and engine_dtype("transformers", "float32") == {}
+    assert engine_dtype("transformers", "bfloat16") == {"dtype": torch.bfloat16}
+    with pytest.raises(ValueError, match="llm_dtype must be one of auto, float32, bfloat16"):
+        EvalConfig(llm_dtype="half")
+
+
 def test_policy_probs_batches_rows_unless_the_policy_keeps_per_stay_state(cohort):
     """Stateless policies (all of ours, LLM policies included) get the logged rows in full batches; a
     stateful one gets one step per call, so each stay's decisions arrive in order."""

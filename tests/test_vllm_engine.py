@@ -48,6 +48,22 @@ def test_make_engine_and_the_cli_select_vllm(monkeypatch):
         make_engine("llama.cpp", "some/model")
 
 
+def test_auto_dtype_is_bf16_on_gpus_and_on_cpus_with_native_bf16():
+    from sepsis_rl.rollout.dtypes import cpu_has_native_bf16, resolve_dtype
+
+    native = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"
+    amx = "flags\t\t: avx512f amx_tile amx_bf16\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
+    assert cpu_has_native_bf16(native) and cpu_has_native_bf16(amx)
+    assert not cpu_has_native_bf16(plain) and not cpu_has_native_bf16("")
+    assert resolve_dtype("auto", on_cpu=True, cpuinfo=native) == "bfloat16"
+    assert resolve_dtype("auto", on_cpu=True, cpuinfo=plain) == "float32"
+    assert resolve_dtype("auto", on_cpu=False, cpuinfo=plain) == "bfloat16"  # GPUs: bf16 always
+    assert resolve_dtype("float32", on_cpu=False) == "float32" and resolve_dtype("bfloat16", on_cpu=True, cpuinfo=plain) == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, got 'float16'"):
+        resolve_dtype("float16", on_cpu=True)
+
+
 def test_missing_vllm_says_how_to_install(monkeypatch):
     from sepsis_rl.rollout.vllm_engine import VLLMEngine
     from sepsis_rl.rollout.worker import make_engine
@@ -210,3 +226,37 @@ class TestDefaultModel:
         _same_generations([got], [want], 1e-3)
         tok = ref.tokenizer  # the cut is right after the first token that completes the stop string
         assert stop in tok.decode(got.token_ids) and stop not in tok.decode(got.token_ids[:-1])
+
+
+# ------------------------------------------------------------------------------- bf16 engine
+@pytest.fixture(scope="class")
+def default_bf16(restored_environ, default_model_dir):
+    from sepsis_rl.rollout.transformers_engine import TransformersEngine
+    from sepsis_rl.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(default_model_dir, dtype="bfloat16", kv_cache_memory_bytes=256 << 20, max_model_len=2048)
+    yield engine, TransformersEngine(default_model_dir)
+    engine.close()
+
+
+@needs_vllm
+class TestBf16Engine:
+    """``evaluate.llm_dtype: auto`` runs the engine in bf16 on CPUs with native bf16: its log-probabilities
+    must stay close to what the fp32 reference computes for the same tokens (the check the issue asks for)."""
+
+    def test_sampled_logprobs_stay_close_to_fp32_teacher_forcing(self, default_bf16):
+        engine, ref = default_bf16
+        assert engine.dtype == "bfloat16"
+        ps = _prompts(ref.tokenizer)
+        diffs = []
+        for p, g in zip(ps, engine.generate(ps, SamplingParams(max_new_tokens=12, temperature=0.8, seed=1))):
+            assert len(g.token_ids) == len(g.logprobs) > 0
+            diffs += [abs(a - b) for a, b in zip(g.logprobs, ref.score(p, g.token_ids, temperature=0.8))]
+        assert sum(diffs) / len(diffs) < MEAN_BF16_TOL and max(diffs) < MAX_BF16_TOL
+
+    def test_greedy_answer_is_the_fp32_answer(self, default_bf16):
+        engine, ref = default_bf16
+        chat = _prompts(ref.tokenizer)[2:]
+        params = SamplingParams(max_new_tokens=16, temperature=0)
+        got, want = engine.generate(chat, params)[0], ref.generate(chat, params)[0]
+        assert "Paris" in got.text and got.token_ids == want.token_ids

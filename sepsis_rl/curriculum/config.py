@@ -107,6 +107,7 @@ class EvalStage:
     llm_patients: int = 50  # test patients for the true values of the final agent (and agent_no_sim)
     stage_patients: int = 0  # ... of the stage checkpoints (base_llm_wm, after_sft, after_bc); 0: llm_patients
     llm_stays: int = 0  # logged test stays for the LLM policies' off-policy estimates; 0: llm_patients
+    stage_ope: bool = True  # off-policy estimates of the stage checkpoints too (without: truth only, when there is one)
     bootstrap: int = 200
     gamma: float = 0.99
     baselines: str = "default"  # offline-RL training size: default or tiny

@@ -283,7 +283,7 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
     e = cfg.evaluate
     ecfg = EvalConfig(policies=tuple(p.strip() for p in e.policies.split(",") if p.strip()),
                       patients=e.patients or None, llm_patients=e.llm_patients, llm_ope_episodes=e.llm_stays or e.llm_patients,
-                      stage_patients=e.stage_patients or None,
+                      stage_patients=e.stage_patients or None, stage_ope=e.stage_ope,
                       gamma=e.gamma, n_boot=e.bootstrap, seed=cfg.seed, baselines=e.baselines,
                       engine=e.engine or cfg.rollout.engine, llm_cpus=e.llm_cpus, llm_gpus=e.llm_gpus,
                       llm_dtype=e.llm_dtype)

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-episodes", type=int, default=50, help="test patients/stays for LLM policies (default 50)")
     p.add_argument("--stage-episodes", type=int, default=None,
                    help="test patients for the stage checkpoints (base_llm*, after_sft, after_bc; default: --llm-episodes)")
+    p.add_argument("--no-stage-ope", action="store_true",
+                   help="stage checkpoints in truth only (no off-policy estimates) when the cohort has a ground truth")
     p.add_argument("--llm-stays", type=int, default=None,
                    help="logged test stays for the LLM policies' off-policy estimates (default: --llm-episodes)")
     p.add_argument("--llm-cpus", type=float, default=2.0,
@@ -82,7 +84,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not 0 < args.gamma <= 1 or not 0 <= args.epsilon <= 1:
         raise CohortInputError("--gamma must be in (0, 1] and --epsilon in [0, 1]")
     cfg = EvalConfig(policies=tuple(names), patients=args.episodes, llm_patients=args.llm_episodes,
-                     llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
+                     llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes,
+                     stage_ope=not args.no_stage_ope, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
                      seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
                      fqe=not args.no_fqe, llm_in_model=args.llm_in_model,
                      llm_cpus=args.llm_cpus, llm_gpus=args.llm_gpus, llm_dtype=args.llm_dtype, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))

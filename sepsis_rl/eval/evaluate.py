@@ -38,6 +38,10 @@ class EvalConfig:
     # the first ``stage_patients`` of the agent's panel, so every stage is paired with the clinician on the
     # same patients while the final agent gets the larger panel (None: llm_patients)
     stage_patients: int | None = None
+    # off-policy estimates of the stage checkpoints too; without them (the cpu preset) a cohort with a ground
+    # truth compares the stages in truth only: on a few logged stays their ESS is ~1 and each costs ~100 LLM
+    # decisions. A cohort without a truth always gets them (they are then all there is).
+    stage_ope: bool = True
     repeats: int = 1
     gamma: float = 0.99
     n_boot: int = 200
@@ -191,7 +195,7 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
     data = load_logged(sources, cfg, cfg.split, cfg.llm_ope_episodes if is_llm else None)
     names = data.feature_names
     out: dict[str, Any] = {"status": "ok", "error": None, "n_decisions": 0, "ope": {}, "safety": {}}
-    if not getattr(policy, "truth_only", False):  # oracles need hidden states: no logged-data estimates
+    if logged_estimates_wanted(name, policy, cfg, truth is not None):
         probs = policy_probs(policy, data, cfg.window)
         est = off_policy_estimates(data, probs, OPEConfig(gamma=cfg.gamma, n_boot=cfg.n_boot, seed=cfg.seed,
                                                           use_fqe=cfg.fqe))
@@ -216,6 +220,14 @@ def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]
         out["info"] = _jsonable(policy.info)
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def logged_estimates_wanted(name: str, policy: Any, cfg: EvalConfig, has_truth: bool) -> bool:
+    """Whether ``name`` gets off-policy estimates from the logged stays: not oracles (they read hidden
+    states), nor stage checkpoints when ``cfg.stage_ope`` is off and the truth can compare them instead."""
+    if getattr(policy, "truth_only", False):
+        return False
+    return cfg.stage_ope or name not in STAGE_POLICIES or not has_truth
 
 
 def _truth_or_none(cohort: str) -> Any | None:
