@@ -9,11 +9,12 @@ rebuilt token for token from its episodes) are replayed on the bare engine in th
 same batches, sampling settings and thread count; the overhead ratio is the worker's generated
 tokens/s over the bare engine's. Scaling (transformers): 2 workers (1 thread each) over 1. Per decision:
 prompt tokens (the proposal call), tool-output tokens, generated tokens, and the share of the FLOP limit
-(2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``: 220 is
-fp32 on these 2 cores). ``--dtype`` is the vLLM engine's dtype (auto: bf16 where the CPU has it natively);
+(2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``; by default
+per setup 220 GFLOP/s for fp32 and 850 for a bf16 vLLM engine, the figures given for these 2 cores; torch's own
+bf16 matmul reaches ~420 on the model's shapes here). ``--dtype`` is the vLLM engine's dtype (auto: bf16 where the CPU has it natively);
 for any dtype but float32 the worker's behaviour log-probabilities are compared with fp32 teacher forcing of
-the same tokens (what the fp32 learner computes: its importance ratios start from these). ``--before-model`` measures the earlier setup (transformers, 1 worker, 1 thread,
-its prompt style and horizon) in the same run, so the speed-up is a ratio of one run's numbers. Without
+the same tokens (what the fp32 learner computes: its importance ratios start from these). ``--before-model``
+measures the earlier setup (transformers, 1 worker, 1 thread, its prompt style and horizon) in the same run, so the speed-up is a ratio of one run's numbers. Without
 --world-model a small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained
 agent (a run's ``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
 """
@@ -191,7 +192,10 @@ def measure(args: argparse.Namespace, model_path: str, cohort: str, model, agent
     out["tokens_per_decision"] = tok = token_counts(table)
     flops = 2 * parameter_count(model_path) * tok["total"] * out["worker"]["decisions_per_s"]
     out["gflop_per_s"] = round(flops / 1e9, 1)
-    out["share_of_flop_limit"] = round(flops / (args.peak_gflops * 1e9), 3)
+    # the limit of the setup's arithmetic: bf16 only in a bf16 vLLM engine (the before setup is fp32 transformers)
+    peak = args.peak_gflops or (850.0 if engine == "vllm" and dtype == "bfloat16" else 220.0)
+    out["peak_gflops"] = peak
+    out["share_of_flop_limit"] = round(flops / (peak * 1e9), 3)
     return out
 
 
@@ -212,18 +216,16 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="float32",
                     help="vLLM engine dtype (auto: bf16 on CPUs with native bf16)")
     ap.add_argument("--peak-gflops", type=float, default=None,
-                    help="the FLOP limit (these 2 cores: 220 GFLOP/s in fp32, the default; 850 in bf16, the default for bf16)")
+                    help="the FLOP limit in GFLOP/s (default: 220 for fp32 setups, 850 for a bf16 vLLM engine)")
     args = ap.parse_args()
     import torch
 
     from sepsis_rl.rollout.dtypes import resolve_dtype
 
     args.dtype = resolve_dtype(args.dtype, on_cpu=not torch.cuda.is_available())
-    if args.peak_gflops is None:
-        args.peak_gflops = 850.0 if args.engine == "vllm" and args.dtype == "bfloat16" else 220.0
     model_path = resolve_base_model(args.model)
     agent_cfg = AgentConfig(proposal_tokens=48, prescription_tokens=16, horizon=args.horizon, prompt_style=args.prompt_style)
-    out: dict = {"episodes": args.episodes, "max_steps": args.max_steps, "peak_gflops": args.peak_gflops}
+    out: dict = {"episodes": args.episodes, "max_steps": args.max_steps}
     with tempfile.TemporaryDirectory() as tmp:
         model, cohort = world(args, Path(tmp))
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

