@@ -9,12 +9,14 @@ rebuilt token for token from its episodes) are replayed on the bare engine in th
 same batches, sampling settings and thread count; the overhead ratio is the worker's generated
 tokens/s over the bare engine's. Scaling (transformers): 2 workers (1 thread each) over 1. Per decision:
 prompt tokens (the proposal call), tool-output tokens, generated tokens, and the share of the FLOP limit
-(2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``; by default
-per setup 220 GFLOP/s for fp32 and 850 for a bf16 vLLM engine, the figures given for these 2 cores; torch's own
-bf16 matmul reaches ~420 on the model's shapes here). ``--dtype`` is the vLLM engine's dtype (auto: bf16 where the CPU has it natively);
-for any dtype but float32 the worker's behaviour log-probabilities are compared with fp32 teacher forcing of
-the same tokens (what the fp32 learner computes: its importance ratios start from these). ``--before-model``
-measures the earlier setup (transformers, 1 worker, 1 thread, its prompt style and horizon) in the same run, so the speed-up is a ratio of one run's numbers. Without
+(2 x parameters x the decision's tokens, each counted once, per second, over ``--peak-gflops``; by
+default per setup 220 GFLOP/s for fp32 and 850 for a bf16 vLLM engine, the figures given for these 2
+cores; torch's own bf16 matmul reaches ~420 on the model's shapes here). ``--dtype`` is the vLLM engine's
+dtype (auto: bf16 where the CPU has it natively); for any dtype but float32 the worker's behaviour
+log-probabilities are compared with fp32 teacher forcing of the same tokens (what the fp32 learner
+computes: its importance ratios start from these). ``--before-model`` measures the earlier setup
+(transformers, 1 worker, 1 thread, its prompt style and horizon) in the same run, so the speed-up is a
+ratio of one run's numbers. Without
 --world-model a small cohort and a tiny world model are made first. Use ``--model`` with a BC-trained
 agent (a run's ``bc/model``) for realistic output lengths: the base model rarely follows the grammar.
 """
@@ -39,6 +41,7 @@ import ray
 
 from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE
 from sepsis_rl.models import resolve_base_model
+from sepsis_rl.rollout.dtypes import DTYPES, resolve_dtype
 from sepsis_rl.rollout.engine import SamplingParams
 from sepsis_rl.rollout.psr import AgentConfig
 from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig, make_engine
@@ -129,10 +132,12 @@ def logprob_agreement(table: pa.Table, model_path: str, temperature: float) -> d
     for toks, mask, lps in zip(*(table.column(c).to_pylist() for c in ("tokens", "loss_mask", "logprobs"))):
         for t, m, lp in zip(toks, mask, lps):
             teacher = ref.score_tokens([t], temperature)[0]
-            diffs += [lp[j] - teacher[j - 1] for j in range(1, len(t)) if m[j]]
-    d = np.abs(np.asarray(diffs))
-    return {"tokens": int(d.size), "mean_abs_diff": round(float(d.mean()), 5), "max_abs_diff": round(float(d.max()), 4),
-            "ratio_outside_clip_0.2": round(float(np.mean((np.exp(d) > 1.2) | (np.exp(-d) < 0.8))), 4)}
+            diffs += [teacher[j - 1] - lp[j] for j in range(1, len(t)) if m[j]]
+    d = np.asarray(diffs)  # log of the first update's importance ratio, learner (fp32) over engine
+    ratio = np.exp(d)
+    return {"tokens": int(d.size), "mean_abs_diff": round(float(np.abs(d).mean()), 5),
+            "max_abs_diff": round(float(np.abs(d).max()), 4),
+            "ratio_outside_clip_0.2": round(float(np.mean((ratio > 1.2) | (ratio < 0.8))), 4)}
 
 
 def parameter_count(model_path: str) -> int:
@@ -213,14 +218,12 @@ def main() -> None:
     ap.add_argument("--before-model", help="also measure the earlier setup on this model (transformers, 1 thread)")
     ap.add_argument("--before-style", choices=("guided", "compact", "verbose"), default="verbose")
     ap.add_argument("--before-horizon", type=int, default=4)
-    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="float32",
+    ap.add_argument("--dtype", choices=DTYPES, default="float32",
                     help="vLLM engine dtype (auto: bf16 on CPUs with native bf16)")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="the FLOP limit in GFLOP/s (default: 220 for fp32 setups, 850 for a bf16 vLLM engine)")
     args = ap.parse_args()
     import torch
-
-    from sepsis_rl.rollout.dtypes import resolve_dtype
 
     args.dtype = resolve_dtype(args.dtype, on_cpu=not torch.cuda.is_available())
     model_path = resolve_base_model(args.model)

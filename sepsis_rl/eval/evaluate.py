@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from sepsis_rl.eval.llm_policy import LLMProbConfig
-from sepsis_rl.rollout.dtypes import DTYPES as LLM_DTYPES
 from sepsis_rl.eval.registry import BASELINE_NAMES, DEFAULT_POLICIES, LLM_POLICIES, STAGE_POLICIES, Sources
+from sepsis_rl.rollout.dtypes import DTYPES as LLM_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class EvalConfig:
     llm_cpus: float = 2.0
     llm_gpus: float = 0.0
     # the LLM engine's dtype: "auto" is bf16 on GPUs and on CPUs with native bf16 (the cpu preset's agent
-    # decides the same in bf16 as in fp32, 1.7x faster: README "Evaluation"), else fp32
+    # decides the same in bf16 as in fp32, 1.7x faster: README "Agent and rollouts"), else fp32
     llm_dtype: str = "auto"
 
     def __post_init__(self) -> None:

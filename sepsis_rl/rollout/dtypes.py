@@ -27,7 +27,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 def resolve_dtype(dtype: str, on_cpu: bool, cpuinfo: str | None = None) -> str:
     """The engine's weight and activation dtype. ``"auto"``: bf16 on GPUs and on CPUs with native bf16
     arithmetic, else fp32. Measured on the cpu preset's agent (2 cores, AVX512-BF16): the same greedy text
-    as fp32 on every decision checked, 1.7x the decisions/s (README "Evaluation")."""
+    as fp32 on every decision checked, 1.7x the decisions/s (README "Agent and rollouts")."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype != "auto":

@@ -83,11 +83,11 @@ class VLLMEngine:
     """The engine contract on a running ``vllm.LLM``.
 
     ``dtype`` is ``"float32"`` by default (what the fp32 learner computes; the log-probabilities agree),
-    ``"bfloat16"``, or ``"auto"`` (:func:`resolve_dtype`: bf16 where the hardware does it natively). ``gpu_memory_utilization`` is the share of the memory node vLLM may
-    take: default 0.3 on CPU (vLLM sees ~11.7 GiB there), 0.9 on GPU; ``kv_cache_memory_bytes``
-    (default on CPU: ``CPU_KV_CACHE_BYTES``, 2 GiB, about 46,000 tokens of the 135M model; vLLM's own CPU
-    default took 6.3 GiB per engine and two evaluation engines beside a pipeline ran a 24 GiB machine out
-    of memory) sets the KV cache size explicitly instead (small values start faster); the agent decides
+    ``"bfloat16"``, or ``"auto"`` (:func:`resolve_dtype`: bf16 where the hardware does it natively).
+    ``gpu_memory_utilization`` is the share of the memory node vLLM may take: default 0.3 on CPU (vLLM
+    sees ~11.7 GiB there), 0.9 on GPU; ``kv_cache_memory_bytes`` (default on CPU: ``CPU_KV_CACHE_BYTES``,
+    2 GiB, about 46,000 tokens of the 135M model in fp32, 93,000 in bf16; vLLM's own CPU default took
+    6.3 GiB per engine and two evaluation engines beside a pipeline ran a 24 GiB machine out of memory) sets the KV cache size explicitly instead (small values start faster); the agent decides
     large batches in chunks that fit it (``kv_capacity_tokens``), so a larger cache buys no speed.
     ``block_size`` (default on CPU: ``CPU_BLOCK_SIZE``) is the prefix cache's granularity. ``enforce_eager``
     defaults to True on CPU (no compile step at start-up), False on GPU (CUDA graphs).
