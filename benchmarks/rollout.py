@@ -41,7 +41,7 @@ import ray
 
 from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE
 from sepsis_rl.models import resolve_base_model
-from sepsis_rl.rollout.dtypes import DTYPES, resolve_dtype
+from sepsis_rl.rollout.dtypes import DTYPES, engine_dtype_options, resolve_dtype
 from sepsis_rl.rollout.engine import SamplingParams
 from sepsis_rl.rollout.psr import AgentConfig
 from sepsis_rl.rollout.worker import RolloutWorker, WorkerConfig, make_engine
@@ -81,17 +81,13 @@ def generation_calls(table: pa.Table, k_tokens: tuple[int, int]) -> list[tuple[l
     return calls
 
 
-def engine_options(engine_kind: str, dtype: str) -> dict:
-    return {"dtype": dtype} if engine_kind == "vllm" else {}
-
-
 def bare_engine(model_path: str, calls: list, agent_cfg: AgentConfig, threads: int, engine_kind: str = "transformers",
                 dtype: str = "float32") -> dict:
     """The same generate calls, same batches and settings, in this process with no Ray, no simulator."""
     import torch
 
     torch.set_num_threads(threads)
-    engine = make_engine(engine_kind, model_path, **engine_options(engine_kind, dtype))
+    engine = make_engine(engine_kind, model_path, **engine_dtype_options(engine_kind, dtype))
     engine.generate(calls[0][0][:1], SamplingParams(4, agent_cfg.temperature, 0))  # warm-up
     tokens, seconds = 0, 0.0
     by_call = {"proposal_s": 0.0, "prescription_s": 0.0}  # calls alternate: proposals, then prescriptions
@@ -159,7 +155,7 @@ def workers_run(n_workers: int, model_path: str, cohort: str, model, episodes: i
                          config=PoolConfig(num_shards=1, num_cpus_per_shard=0.25))
     cfg = WorkerConfig(model_path=model_path, cohort_dir=cohort, split="test", agent=agent_cfg, engine=engine,
                        batch_episodes=max(1, episodes // n_workers), threads=threads,
-                       engine_options=engine_options(engine, dtype))
+                       engine_options=engine_dtype_options(engine, dtype))
     workers = [RolloutWorker.options(num_cpus=0.5).remote(i, cfg, pool) for i in range(n_workers)]
     ray.get([w.__ray_ready__.remote() for w in workers])  # exclude model loading from the timing
     ray.get([w.run.remote(1, 1, 10**6) for w in workers])  # and the engine's first-call warm-up (as the bare engine's)

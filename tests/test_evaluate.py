@@ -142,7 +142,7 @@ def test_llm_dtype_reaches_the_engine_constructor():
     import torch
 
     from sepsis_rl.eval.evaluate import EvalConfig
-    from sepsis_rl.eval.llm_policy import engine_dtype
+    from sepsis_rl.rollout.dtypes import engine_dtype_options as engine_dtype
 
     assert engine_dtype("vllm", "auto") == {"dtype": "auto"} and engine_dtype("vllm", "float32") == {"dtype": "float32"}
     assert engine_dtype("transformers", "auto") == {} and engine_dtype("transformers", "float32") == {}

@@ -41,16 +41,6 @@ class LLMProbConfig:
             raise ValueError("epsilon must be in [0, 1] and samples >= 1")
 
 
-def engine_dtype(engine: str, dtype: str) -> dict[str, Any]:
-    """The engine constructor's dtype option: vLLM resolves ``"auto"`` itself (bf16 where native); the
-    transformers engine stays fp32 unless bf16 is asked for (its CPU bf16 speed is unmeasured)."""
-    if engine == "vllm":
-        return {"dtype": dtype}
-    import torch
-
-    return {"dtype": torch.bfloat16} if dtype == "bfloat16" else {}
-
-
 class LLMPolicy(Policy):
     """A PSR agent on a generation engine, consulting a world model (or nothing) as its tool."""
 
@@ -61,6 +51,7 @@ class LLMPolicy(Policy):
         import torch
 
         from sepsis_rl.agent.fallback import Fallback
+        from sepsis_rl.rollout.dtypes import engine_dtype_options
         from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
         from sepsis_rl.rollout.worker import make_engine
         from world_model.simulation import SimulationConfig, WorldModelSimulator
@@ -71,7 +62,7 @@ class LLMPolicy(Policy):
         self.name, self.cfg, self.seed = name, probs, seed
         self.deterministic = probs.mode == "epsilon" and probs.epsilon == 0
         temperature = 0.0 if probs.mode == "epsilon" else probs.temperature
-        self.engine = make_engine(engine, model_path, **engine_dtype(engine, dtype))
+        self.engine = make_engine(engine, model_path, **engine_dtype_options(engine, dtype))
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, spec,
                               AgentConfig(k=k, horizon=horizon, use_simulator=use_simulator, temperature=temperature,
                                           fallback=Fallback(fallback), prompt_style=prompt_style))

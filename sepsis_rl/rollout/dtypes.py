@@ -6,6 +6,7 @@ Kept free of torch and vLLM imports so configs validate without loading an engin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -33,3 +34,16 @@ def resolve_dtype(dtype: str, on_cpu: bool, cpuinfo: str | None = None) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if not on_cpu or cpu_has_native_bf16(cpuinfo) else "float32"
+
+
+def engine_dtype_options(engine: str, dtype: str) -> dict[str, Any]:
+    """The ``make_engine`` options that set ``dtype`` on engine kind ``engine``: vLLM resolves ``"auto"``
+    itself (bf16 where native); the transformers engine stays fp32 unless bf16 is asked for (its CPU bf16
+    speed is unmeasured)."""
+    if engine == "vllm":
+        return {"dtype": dtype}
+    if dtype != "bfloat16":
+        return {}
+    import torch
+
+    return {"dtype": torch.bfloat16}
