@@ -79,6 +79,8 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
     agent = report["policies"]["agent"]
     assert agent["n_ope_episodes"] == 2  # llm_stays
     assert agent["llm"]["decisions"] > agent["n_decisions"]  # truth rollouts' decisions count too, not only logged rows
+    # one engine for both LLM policies: the agent started it, after_bc's weights were loaded into it
+    assert agent["engine_swaps"] == 0 and report["policies"]["after_bc"]["engine_swaps"] == 1
     assert summary["stages"]["evaluate"]["failed"] == []
     agent = out / "agent"
     assert (agent / "model" / "config.json").exists() and (agent / "model" / "model.safetensors").exists()

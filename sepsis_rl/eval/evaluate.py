@@ -126,8 +126,9 @@ def policy_probs(policy: Any, data: Any, window: int, batch: int = 2048) -> np.n
     return out
 
 
-def build_policy(name: str, sources: Sources, cfg: EvalConfig, truth: Any | None) -> Any:
-    """Construct (and for offline RL, train on train / select on val) one policy."""
+def build_policy(name: str, sources: Sources, cfg: EvalConfig, truth: Any | None, engines: Any | None = None) -> Any:
+    """Construct (and for offline RL, train on train / select on val) one policy; LLM policies take
+    their engine from ``engines`` (an ``EngineSlot``) when given."""
     from sepsis_rl.cohort.store import read_spec
     from sepsis_rl.eval import policies as P
 
@@ -161,36 +162,44 @@ def build_policy(name: str, sources: Sources, cfg: EvalConfig, truth: Any | None
 
         return WorldModelPlanner(load_world_model(sources.world_model), mode, 1, proposer, name=name)
     if name in LLM_POLICIES:
-        return _llm(name, sources, cfg, spec)
+        return _llm(name, sources, cfg, spec, engines)
     raise ValueError(f"unknown policy {name!r}")
 
 
-def _llm(name: str, sources: Sources, cfg: EvalConfig, spec: Any) -> Any:
+def _llm(name: str, sources: Sources, cfg: EvalConfig, spec: Any, engines: Any | None = None) -> Any:
     from sepsis_rl.eval.llm_policy import LLMPolicy
-    from sepsis_rl.models import resolve_base_model
     from world_model.checkpoint import load_world_model
 
-    model = {"agent": sources.agent_model, "agent_no_sim": sources.agent_model, "after_sft": sources.sft_model,
-             "after_bc": sources.bc_model}.get(name) or resolve_base_model(sources.base_model)
+    model = llm_model_path(name, sources)
     use_sim = name not in ("agent_no_sim", "base_llm")
     wm = load_world_model(sources.world_model) if use_sim else None
     a = sources.agent_cfg
     # agent.yaml written before prompt styles and fallbacks were recorded: the verbose style, repeat-last
     return LLMPolicy(name, str(model), spec, wm, int(a.get("k", 3)), int(a.get("horizon", 3)), use_sim, cfg.engine,
                      cfg.llm_probs, cfg.seed, prompt_style=str(a.get("prompt_style", "verbose")),
-                     fallback=str(a.get("fallback", "repeat_last")), dtype=cfg.llm_dtype)
+                     fallback=str(a.get("fallback", "repeat_last")), dtype=cfg.llm_dtype, engines=engines)
+
+
+def llm_model_path(name: str, sources: Sources) -> str:
+    """The checkpoint LLM policy ``name`` decides with (the base model for base_llm*)."""
+    from sepsis_rl.models import resolve_base_model
+
+    model = {"agent": sources.agent_model, "agent_no_sim": sources.agent_model, "after_sft": sources.sft_model,
+             "after_bc": sources.bc_model}.get(name) or resolve_base_model(sources.base_model)
+    return str(model)
 
 
 # ------------------------------------------------------------------------------------- one policy
-def evaluate_one(name: str, sources: Sources, cfg: EvalConfig) -> dict[str, Any]:
-    """Everything about one policy (runs inside a Ray task); raises on failure."""
+def evaluate_one(name: str, sources: Sources, cfg: EvalConfig, engines: Any | None = None) -> dict[str, Any]:
+    """Everything about one policy (in a Ray task, or an ``LLMEvaluator`` actor that passes its
+    ``EngineSlot`` as ``engines``); raises on failure."""
     from sepsis_rl.eval.offpolicy import OPEConfig, off_policy_estimates
     from sepsis_rl.eval.safety import action_table, dose_by_state, safety_metrics
 
     t0 = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a Ray worker's log
     truth = _truth_or_none(sources.cohort)
-    policy = build_policy(name, sources, cfg, truth)
+    policy = build_policy(name, sources, cfg, truth, engines)
     is_llm = name in LLM_POLICIES
     data = load_logged(sources, cfg, cfg.split, cfg.llm_ope_episodes if is_llm else None)
     names = data.feature_names

@@ -47,7 +47,7 @@ class LLMPolicy(Policy):
     def __init__(self, name: str, model_path: str, spec: CohortSpec, world_model: Any | None, k: int = 3,
                  horizon: int = 3, use_simulator: bool = True, engine: str = "transformers",
                  probs: LLMProbConfig = LLMProbConfig(), seed: int = 0, threads: int = 1, prompt_style: str = "compact",
-                 fallback: str = "best_candidate", dtype: str = "auto"):
+                 fallback: str = "best_candidate", dtype: str = "auto", engines: Any | None = None):
         import torch
 
         from sepsis_rl.agent.fallback import Fallback
@@ -62,7 +62,9 @@ class LLMPolicy(Policy):
         self.name, self.cfg, self.seed = name, probs, seed
         self.deterministic = probs.mode == "epsilon" and probs.epsilon == 0
         temperature = 0.0 if probs.mode == "epsilon" else probs.temperature
-        self.engine = make_engine(engine, model_path, **engine_dtype_options(engine, dtype))
+        options = engine_dtype_options(engine, dtype)
+        # an evaluation actor's EngineSlot re-weights its running engine; alone, the policy builds its own
+        self.engine = engines.get(engine, model_path, **options) if engines is not None else make_engine(engine, model_path, **options)
         self.agent = PSRAgent(self.engine, self.engine.tokenizer, spec,
                               AgentConfig(k=k, horizon=horizon, use_simulator=use_simulator, temperature=temperature,
                                           fallback=Fallback(fallback), prompt_style=prompt_style))
