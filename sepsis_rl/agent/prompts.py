@@ -192,30 +192,21 @@ class ObservationRenderer:
         return "\n".join(lines), None
 
     def _compact(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
-        if self.style == "terse":
-            return self._terse(state, previous, step, last_action)
+        """One line of values with their 4-hour changes: "MAP 77 (+4), HR 84 (-1), ..." (compact, guided), or
+        without the separators, "MAP 77 +4 HR 84 -1 ..." (terse: a token saved per comma and parenthesis)."""
+        terse = self.style == "terse"
         items = []
         for i, label, _, dec in self.rows():
             item = f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}"
             if previous is not None and label != "Ventilated":
                 delta = state[i] - previous[i]
-                item += f" ({'+' if delta >= 0 else '-'}{abs(delta):.{dec}f})"
+                change = f"{'+' if delta >= 0 else '-'}{abs(delta):.{dec}f}"
+                item += f" {change}" if terse else f" ({change})"
             items.append(item)
-        last = "none yet" if last_action is None else render_action(last_action)
-        return (f"Hour {4 * step}. {self._patient_line(state)[len('Patient: '):]}\n" + ", ".join(items)
-                + f"\nLast 4 h: {last}.")
-
-    def _terse(self, state: np.ndarray, previous: np.ndarray | None, step: int, last_action: int | None) -> str:
-        """``_compact``'s values and changes without the separators: "MAP 77 +4 HR 84 -1 ..."."""
-        items = []
-        for i, label, _, dec in self.rows():
-            item = f"{COMPACT_LABELS.get(label, label)} {state[i]:.{dec}f}"
-            if previous is not None and label != "Ventilated":
-                delta = state[i] - previous[i]
-                item += f" {'+' if delta >= 0 else '-'}{abs(delta):.{dec}f}"
-            items.append(item)
-        last = "none" if last_action is None else render_action(last_action)
-        return f"Hour {4 * step}. {self._patient_line(state)[len('Patient: '):]}\n" + " ".join(items) + f"\nLast {last}"
+        head = f"Hour {4 * step}. {self._patient_line(state)[len('Patient: '):]}\n"
+        if terse:
+            return head + " ".join(items) + f"\nLast {'none' if last_action is None else render_action(last_action)}"
+        return head + ", ".join(items) + f"\nLast 4 h: {'none yet' if last_action is None else render_action(last_action)}."
 
     def _patient_line(self, state: np.ndarray) -> str:
         names = self.spec.feature_names
