@@ -80,10 +80,13 @@ class LLMQueue:
         actor, group = self.in_flight.pop(ref)
         if group and not actor_died:
             return self._submit(actor, group)
+        if not actor_died:
+            _close(actor)
         ray.kill(actor)  # frees its cores (and the engine's memory) for the next actor
         return self.start()
 
     def kill_all(self) -> None:
+        """Stop every actor now (a stalled evaluation): no graceful engine shutdown."""
         import ray
 
         for actor, _ in self.in_flight.values():
@@ -95,3 +98,13 @@ class LLMQueue:
         ref = actor.evaluate.remote(name, self.sources, self.cfg)
         self.in_flight[ref] = (actor, group)
         return {ref: name}
+
+
+def _close(actor: Any, timeout_s: float = 120.0) -> None:
+    """Shut the actor's engine down (vLLM's engine processes too) before the actor is killed."""
+    import ray
+
+    try:
+        ray.get(actor.close.remote(), timeout=timeout_s)
+    except Exception as e:  # noqa: BLE001 - the kill that follows frees the resources regardless
+        log.warning("closing an LLM evaluator's engine failed (%s); killing the actor", e)
