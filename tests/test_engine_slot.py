@@ -79,9 +79,18 @@ def test_llm_policies_grouped_by_signature_and_slots_per_resource(two_checkpoint
     other = tmp_path / "other"
     shutil.copytree(a, other)
     (other / "tokenizer_config.json").write_text("{}")
-    model_of = {"agent": a, "after_bc": b, "after_sft": str(other), "base_llm_wm": a}
-    assert group_by_signature(["agent", "after_bc", "after_sft", "base_llm_wm"], model_of) == \
-        [["agent", "after_bc", "base_llm_wm"], ["after_sft"]]
+    model_of = {"agent": a, "after_bc": b, "after_sft": str(other), "base_llm_wm": a, "base_llm": str(tmp_path / "missing")}
+    assert group_by_signature(["agent", "after_bc", "after_sft", "base_llm_wm", "base_llm"], model_of.__getitem__) == \
+        [["agent", "after_bc", "base_llm_wm"], ["after_sft"], ["base_llm"]]  # unreadable: alone, fails in its actor
     assert llm_slots(EvalConfig(llm_cpus=2), {"CPU": 3.0}) == 1  # the cpu preset's pipeline: one engine at a time
     assert llm_slots(EvalConfig(llm_cpus=2), {"CPU": 1.0}) == 1  # never zero
     assert llm_slots(EvalConfig(llm_cpus=2, llm_gpus=1), {"CPU": 64.0, "GPU": 4.0}) == 4  # one engine per GPU
+
+
+def test_queue_knows_what_it_never_submitted():
+    """A stalled evaluation fails the LLM policies no actor was given yet (they must still get a result row)."""
+    from sepsis_rl.eval.llm_evaluator import LLMQueue
+
+    queue = LLMQueue([["agent", "after_bc"], [], ["after_sft"]], sources=None, cfg=None, slots=0, resources={})
+    assert queue.slots == 1 and not queue.done and queue.unsubmitted() == ["agent", "after_bc", "after_sft"]
+    assert LLMQueue([[], []], None, None, 1, {}).done

@@ -10,7 +10,7 @@ of one model signature per actor (a second vLLM engine in the same process does 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from sepsis_rl.eval.engine_slot import EngineSlot
 
@@ -34,13 +34,20 @@ class LLMEvaluator:
         self.slot.close()
 
 
-def group_by_signature(names: list[str], model_of: dict[str, str]) -> list[list[str]]:
-    """``names`` in groups whose checkpoints can share one engine, each group in the given order."""
+def group_by_signature(names: list[str], model_of: Callable[[str], str]) -> list[list[str]]:
+    """``names`` in groups whose checkpoints can share one engine, each group in the given order. A name
+    whose checkpoint cannot be read here gets a group of its own: its actor then reports the real error
+    as that policy's failure, and the other policies are evaluated."""
     from sepsis_rl.eval.engine_slot import model_signature
 
     groups: dict[str, list[str]] = {}
     for n in names:
-        groups.setdefault(model_signature(model_of[n]), []).append(n)
+        try:
+            key = model_signature(model_of(n))
+        except Exception as e:  # noqa: BLE001 - reported by the policy's own evaluation
+            log.warning("%s: no model signature (%s); evaluated on an engine of its own", n, e)
+            key = f"unreadable:{n}"
+        groups.setdefault(key, []).append(n)
     return list(groups.values())
 
 
@@ -60,6 +67,10 @@ class LLMQueue:
     @property
     def done(self) -> bool:
         return not any(self.groups) and not self.in_flight
+
+    def unsubmitted(self) -> list[str]:
+        """Policies not handed to an actor yet (what a stalled evaluation never reached)."""
+        return [n for g in self.groups for n in g]
 
     def start(self) -> dict[Any, str]:
         """Fill the free actor slots, each new actor with the group that has the most policies left."""

@@ -59,7 +59,7 @@ def _run_policies(names: list[str], sources: Sources, cfg: EvalConfig, task_time
     refs = {task.options(**task_resources(n, cfg, cluster_cpus)).remote(n, sources, cfg): n
             for n in names if n not in LLM_POLICIES}
     llm_names = [n for n in names if n in LLM_POLICIES]
-    queue = LLMQueue(group_by_signature(llm_names, {n: llm_model_path(n, sources) for n in llm_names}), sources, cfg,
+    queue = LLMQueue(group_by_signature(llm_names, lambda n: llm_model_path(n, sources)), sources, cfg,
                      llm_slots(cfg, ray.cluster_resources()), task_resources(llm_names[0], cfg, cluster_cpus)) \
         if llm_names else None
     llm_refs: set[Any] = set()
@@ -75,6 +75,8 @@ def _run_policies(names: list[str], sources: Sources, cfg: EvalConfig, task_time
                     if r not in llm_refs:
                         ray.cancel(r, force=True)
                 if queue is not None:
+                    for n in queue.unsubmitted():
+                        results[n] = failed(n, TimeoutError(f"not started: the evaluation stalled for {task_timeout_s} s"))
                     queue.kill_all()
                 break
             ref = done[0]
