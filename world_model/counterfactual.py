@@ -53,6 +53,7 @@ def simulate_branches(
     policy = ClinicianPolicy(sim.feature_names)
     batch = sim.sample_patients(n_patients, rng)
     style = policy.sample_styles(n_patients, rng)
+    map_col = sim.feature_names.index("MeanBP")
     active = np.arange(n_patients)
     prev_vaso = np.zeros(n_patients, dtype=np.int64)
     obs = sim.observe(batch, rng)
@@ -64,7 +65,8 @@ def simulate_branches(
         if active.size == 0:
             break
         sub = ClinicianStyle(style.fluid_bias[active], style.map_target[active])
-        action = policy.sample(policy.probs(obs, np.full(active.size, t), prev_vaso[active], sub), rng)
+        prev_map = np.where(mask[:, -2], hist[:, -2, map_col], np.nan)
+        action = policy.sample(policy.probs(obs, np.full(active.size, t), prev_vaso[active], sub, prev_map), rng)
         cf = (action + rng.integers(1, N_ACTIONS, active.size)) % N_ACTIONS
         u = rng.random((2, active.size))
         nexts = []

@@ -30,47 +30,69 @@ class ClinicianPolicy:
     """Behaviour policy over the 25 joint actions; inputs are charted features by name."""
 
     feature_names: tuple[str, ...]
-    fluid_sharpness: float = 0.9
+    fluid_sharpness: float = 1.2
     vaso_sharpness: float = 1.2
     exploration: float = 0.04
+    map_target: float = 65.0  # mean MAP target (SSC: 65 mmHg); shifted for the MAP-target trial analogues
 
     def sample_styles(self, n: int, rng: np.random.Generator) -> ClinicianStyle:
-        return ClinicianStyle(fluid_bias=rng.normal(0, 0.5, n), map_target=rng.normal(65, 3, n))
+        return ClinicianStyle(fluid_bias=rng.normal(0, 0.5, n), map_target=rng.normal(self.map_target, 3, n))
 
     def keyed_styles(self, seed: int, episode_ids: np.ndarray) -> ClinicianStyle:
         """Each stay's clinician style as a function of (seed, stay) alone: the cohort's logged clinicians
-        and a re-simulated clinician with the same seed are the same people."""
+        and a re-simulated clinician with the same seed are the same people (with a shifted ``map_target``,
+        the same people aiming higher or lower)."""
         noise = KeyedNoise(stream_seed(seed, "clinician-style"), episode_ids, 0)
-        return ClinicianStyle(fluid_bias=noise.normal(0, 0.5), map_target=noise.normal(65, 3))
+        return ClinicianStyle(fluid_bias=noise.normal(0, 0.5), map_target=self.map_target + noise.normal(0, 3))
 
     def _col(self, obs: np.ndarray, name: str) -> np.ndarray:
         return obs[:, self.feature_names.index(name)]
 
-    def probs(self, obs: np.ndarray, step: np.ndarray, prev_vaso_bin: np.ndarray, style: ClinicianStyle) -> np.ndarray:
-        """Action probabilities [n, 25] (index = 5 * fluid bin + vasopressor bin); rows sum to 1."""
+    def probs(self, obs: np.ndarray, step: np.ndarray, prev_vaso_bin: np.ndarray, style: ClinicianStyle,
+              prev_map: np.ndarray | None = None) -> np.ndarray:
+        """Action probabilities [n, 25] (index = 5 * fluid bin + vasopressor bin); rows sum to 1.
+
+        ``prev_map`` is the MAP charted 4 h earlier (None or NaN where there is none): a falling MAP near
+        the target is treated before it crosses it, as a bedside team titrating within the block would."""
         mapv = self._col(obs, "MeanBP")
         lac = self._col(obs, "Arterial_lactate")
         balance = self._col(obs, "cumulated_balance")
         pf = self._col(obs, "PaO2_FiO2")
         given = self._col(obs, "input_total")
+        urine, weight = self._col(obs, "output_4hourly"), self._col(obs, "Weight_kg")
         sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
         fluid_target = (
             0.9
             + 1.4 * (mapv < 65) + 0.6 * (mapv < 55)
-            + 0.9 * sig((lac - 2.0) / 0.5)
+            + 1.4 * sig((lac - 2.0) / 0.5)
             + 1.3 * (np.asarray(step) == 0)
             - 1.8 * sig((balance - 4000) / 800)
             - 1.0 * (pf < 200)
+            + 0.7 * (urine < 2.0 * weight) - 0.5 * (urine > 4.0 * weight)  # oliguria < 0.5 mL/kg/h; > 1 mL/kg/h
             + style.fluid_bias
         )
-        hypotensive = mapv < style.map_target
-        escalate = np.where(hypotensive, np.where((given > 1500) | (mapv < 55), 1.0, 0.3), 0.0)
-        wean = np.where(mapv > style.map_target + 12, 1.0, np.where((mapv > style.map_target + 5), 0.5, 0.0))
-        vaso_target = np.clip(prev_vaso_bin + escalate - wean * (prev_vaso_bin > 0), 0, 4)
+        falling = np.zeros(len(obs), bool) if prev_map is None else np.nan_to_num(prev_map - mapv, nan=0.0) > 3
+        vaso_target = self.vaso_target(mapv, lac, falling, prev_vaso_bin, style)
         pf_bins = _soft_bins(fluid_target, self.fluid_sharpness)
         pv_bins = _soft_bins(vaso_target, self.vaso_sharpness)
         joint = (pf_bins[:, :, None] * pv_bins[:, None, :]).reshape(len(obs), N_BINS * N_BINS)
         return (1 - self.exploration) * joint + self.exploration / (N_BINS * N_BINS)
+
+    def vaso_target(self, mapv: np.ndarray, lac: np.ndarray, falling: np.ndarray, prev_vaso_bin: np.ndarray,
+                    style: ClinicianStyle) -> np.ndarray:
+        """Target vasopressor bin (SSC 2021: norepinephrine first-line for hypotension, started early rather
+        than after all fluids, titrated to the MAP target): hypotension starts the infusion at bin 2 and
+        escalates a bin per 4 h while it persists, two when far below target; a MAP within 5 mmHg above
+        target that is falling, or with lactate > 4, gets a bin more; a MAP well above target weans."""
+        prev = np.asarray(prev_vaso_bin, dtype=np.float64)
+        gap = style.map_target - mapv
+        hypotensive = gap > 0
+        start = np.where(prev == 0, 2.0, 1.0)
+        escalate = np.where(hypotensive, start + (gap > 10), 0.0)
+        threatened = ~hypotensive & (gap > -5) & (falling | ((lac > 4) & (prev > 0)))
+        escalate = escalate + np.where(threatened, 1.0, 0.0)
+        wean = np.where(gap < -15, 1.0, np.where(gap < -8, 0.5, 0.0))
+        return np.clip(prev + escalate - wean * (prev > 0), 0, 4)
 
     def sample(self, probs: np.ndarray, rng: np.random.Generator | KeyedNoise) -> np.ndarray:
         """Draw one joint action per row from ``probs`` (inverse-CDF, vectorised)."""

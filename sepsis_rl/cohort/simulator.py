@@ -80,6 +80,9 @@ SYNTH_FLUID_BINS = ActionBins("fluid", "mL/4h", (250.0, 500.0, 1000.0), (0.0, 12
 SYNTH_VASO_BINS = ActionBins(
     "vasopressor", "mcg/kg/min norepinephrine-equivalent", (0.08, 0.2, 0.45), (0.0, 0.04, 0.14, 0.325, 0.725)
 )
+HIGH_DOSE_HARM = 1.6  # hazard logit per mcg/kg/min above 0.25 (Brown 2013: > 1 mcg/kg/min ~80% mortality)
+VASOCONSTRICTION_HARM = 1.0  # hazard logit per mcg/kg/min run at MAP far above target (SEPSISPAM; 65 trial)
+HYPOPERFUSION_MAP = 58.0  # MAP (mmHg) at which half of tissue perfusion is lost
 FLUID_TOP = 2000.0  # upper end of the top fluid bin when sampling doses
 VASO_TOP = 1.0
 
@@ -92,7 +95,7 @@ PARAM_NAMES = (
 )
 STATE_NAMES = (
     "vol", "oedema", "infl", "lac", "creat", "bili", "ast", "plt", "brain", "cl", "hb", "alb", "vent",
-    "input_total", "output_total", "urine", "vaso", "t", "hypo_run",
+    "input_total", "output_total", "urine", "vaso", "t", "hypo_run", "lac_cat",
 )
 
 
@@ -102,8 +105,8 @@ class SimulatorConfig:
 
     max_steps: int = 20
     responder_fraction: float = 0.65
-    hazard_intercept: float = -7.4
-    post_icu_intercept: float = -5.0
+    hazard_intercept: float = -6.2
+    post_icu_intercept: float = -3.9
     discharge_prob: float = 0.3
     observation_noise: float = 1.0  # scale of charting noise (0 = noiseless charts)
 
@@ -232,6 +235,7 @@ class SepsisSimulator:
             "vaso": np.zeros(n),
             "t": np.zeros(n),
             "hypo_run": np.zeros(n),  # consecutive steps that ended with MAP < 65 mmHg
+            "lac_cat": np.zeros(n),  # the part of lactate that catecholamines made (aerobic, not hypoperfusion)
         }
         return PatientBatch(p, x)
 
@@ -267,6 +271,30 @@ class SepsisSimulator:
             np.round(self.gcs(b)), x["creat"], x["urine"],
         )
 
+    def vaso_needed(self, b: PatientBatch) -> np.ndarray:
+        """Norepinephrine-eq. dose (mcg/kg/min) that would hold MAP 65 from the off-drug MAP: the patient's
+        cardiovascular illness whatever is running (refractory shock, beyond the drug's Emax, reads 2.0)."""
+        gap = 65.0 - self.mean_arterial_pressure(b, np.zeros(len(b)))
+        emax = 40.0 * (1 - 0.5 * b.p["vasoplegia"])
+        frac = np.clip(gap, 0, None) / emax
+        return np.where(frac >= 0.889, 2.0, 0.25 * frac / np.maximum(1 - frac, 1e-9))
+
+    def illness_sofa(self, b: PatientBatch) -> np.ndarray:
+        """SOFA with its cardiovascular points from the illness (off-drug MAP, the dose that MAP 65 would
+        need), not from the running dose: a drug's own SOFA points are not organ failure. The hazard and
+        the discharge rule read this; the chart shows SOFA as clinicians chart it (``true_sofa``)."""
+        x = b.x
+        return sofa_score(
+            self.pf_ratio(b), x["vent"], x["plt"], x["bili"], self.mean_arterial_pressure(b, np.zeros(len(b))),
+            self.vaso_needed(b), np.round(self.gcs(b)), x["creat"], x["urine"],
+        )
+
+    @staticmethod
+    def tissue_lactate(x: dict[str, np.ndarray]) -> np.ndarray:
+        """Lactate less what catecholamines made: the hypoperfusion signal the hazard reads (the high-dose
+        harm already has its own term, so catecholamine lactate is not counted a second time)."""
+        return np.maximum(x["lac"] - x["lac_cat"], 0.4)
+
     def step(
         self, b: PatientBatch, fluid_ml: np.ndarray, vaso_dose: np.ndarray, rng: np.random.Generator
     ) -> StepOutcome:
@@ -284,7 +312,7 @@ class SepsisSimulator:
         x["oedema"] = x["oedema"] + f * leak_frac
         x["vaso"] = d
         mapv = self.mean_arterial_pressure(PatientBatch(p, x)) + rng.normal(0, 2.0, n)
-        hypo = sigmoid((62.0 - mapv) / 4.0)
+        hypo = sigmoid((HYPOPERFUSION_MAP - mapv) / 3.0)  # autoregulation holds flow above ~60-65 mmHg
         perf = 1.0 - hypo
         resp_frac = np.clip(p["resp_gain"] / 16.0, 0, 1.2)
         flow_deficit = resp_frac * (1 - self.preload(x["vol"]))
@@ -308,15 +336,19 @@ class SepsisSimulator:
             infl * (1 - p["resolve"] * (0.4 + 0.6 * perf)) + p["worsen"] * hypo * 0.8 + rng.normal(0, 0.03, n), 0, 2
         )
         # lactate: hypoperfusion and flow deficit produce, perfusion and liver clear, high-dose vaso adds
+        # (tracked apart in lac_cat, cleared at the same rate, so the hazard can leave it out)
+        clear = 0.45 * perf * liver_fn
+        x["lac_cat"] = x["lac_cat"] * (1 - clear) + 1.6 * np.maximum(d - 0.3, 0)
         x["lac"] = np.clip(
             x["lac"]
             + 1.5 * hypo * (0.5 + infl)
             + 0.6 * flow_deficit * infl
             + 1.6 * np.maximum(d - 0.3, 0)
-            - 0.45 * (x["lac"] - 1.0) * perf * liver_fn
+            - clear * (x["lac"] - 1.0)
             + rng.normal(0, 0.12, n),
             0.4, 25,
         )
+        x["lac_cat"] = np.clip(x["lac_cat"], 0, np.maximum(x["lac"] - 0.4, 0))
         # organs
         ks, ls, cs, bs = p["kidney_sens"], p["liver_sens"], p["coag_sens"], p["brain_sens"]
         x["creat"] = np.clip(
@@ -336,12 +368,13 @@ class SepsisSimulator:
         x["t"] = x["t"] + 1
 
         nb = PatientBatch(p, x)
-        sofa = self.true_sofa(nb)
+        sofa = self.illness_sofa(nb)
         new_map = self.mean_arterial_pressure(nb)
-        x["hypo_run"] = np.where(new_map < 65, x["hypo_run"] + 1, 0.0)
-        hazard = sigmoid(cfg.hazard_intercept + self.death_logit(nb, sofa, new_map, x0["lac"], d))
+        x["hypo_run"] = np.where(new_map < 65, x["hypo_run"] + np.where(new_map < 60, 1.0, 0.5), 0.0)
+        lac_before = self.tissue_lactate(x0)
+        hazard = sigmoid(cfg.hazard_intercept + self.death_logit(nb, sofa, new_map, lac_before, d))
         died = rng.random(n) < hazard
-        stable = (sofa <= 5) & (x["lac"] < 2.2) & (new_map >= 65) & (d == 0) & (x["t"] >= 3)
+        stable = self.ready_for_discharge(nb, sofa)
         discharged = ~died & stable & (rng.random(n) < cfg.discharge_prob)
         capped = ~died & ~discharged & (x["t"] >= cfg.max_steps)
         leaving = discharged | capped
@@ -351,28 +384,40 @@ class SepsisSimulator:
         return StepOutcome(nb, died, discharged, post_death, died | leaving, hazard, p_leave, p_post)
 
     # ------------------------------------------------------------------------------------- mortality
+    def ready_for_discharge(self, b: PatientBatch, illness_sofa: np.ndarray) -> np.ndarray:
+        """The team's discharge rule, read from the illness after >= 3 steps: illness SOFA <= 5, tissue
+        lactate < 2.2 and an off-drug MAP >= 65 (the patient no longer needs a vasopressor; a running dose is
+        weaned on the way out, so it neither blocks discharge nor follows the patient). Ready stays leave
+        with probability ``discharge_prob`` per step."""
+        off_drug = self.mean_arterial_pressure(b, np.zeros(len(b)))
+        return (illness_sofa <= 5) & (self.tissue_lactate(b.x) < 2.2) & (off_drug >= 65) & (b.x["t"] >= 3)
+
     def death_logit(self, b: PatientBatch, sofa: np.ndarray, mapv: np.ndarray, lac_before: np.ndarray,
                     vaso_dose: np.ndarray) -> np.ndarray:
-        """In-ICU death hazard of a 4-hour step (logit, without the intercept); see the module docstring."""
+        """In-ICU death hazard of a 4-hour step (logit, without the intercept); see the module docstring.
+
+        ``sofa`` is the illness SOFA (``illness_sofa``), ``mapv`` the MAP reached, ``lac_before`` the tissue
+        lactate at the start of the step and ``vaso_dose`` the running dose."""
         p, x = b.p, b.x
+        lac = self.tissue_lactate(x)
         balance_l = (x["input_total"] - x["output_total"]) / 1000.0
         return (
-            0.22 * sofa + 0.35 * np.maximum(x["lac"] - 2, 0) + 0.9 * sigmoid((55 - mapv) / 3) + p["frailty"]
+            0.22 * sofa + 0.35 * np.maximum(lac - 2, 0) + 0.9 * sigmoid((55 - mapv) / 3) + p["frailty"]
             + 0.7 * sigmoid((100 - self.pf_ratio(b)) / 25)  # hypoxaemic respiratory failure (Berlin)
-            + 0.35 * np.clip(balance_l - 5.0, 0, 3)  # sustained fluid overload (saturates)
+            + 0.35 * np.clip(balance_l - 5.0, 0, 3)  # sustained fluid overload, non-pulmonary (saturates)
             + 0.45 * np.minimum(x["hypo_run"], 4)  # persistent hypotension
-            + 0.6 * np.clip(x["lac"] - lac_before, 0, 2)  # rising lactate
-            + 1.6 * np.maximum(vaso_dose - 0.25, 0)  # high-dose vasopressor toxicity
-            + 0.8 * (vaso_dose > 0) * sigmoid((mapv - 90) / 4)  # needless vasoconstriction
+            + 0.6 * np.clip(lac - lac_before, 0, 2)  # rising (tissue) lactate
+            + HIGH_DOSE_HARM * np.maximum(vaso_dose - 0.25, 0)  # high-dose vasopressor toxicity
+            + VASOCONSTRICTION_HARM * vaso_dose * sigmoid((mapv - 85) / 4)  # needless vasoconstriction
         )
 
     def post_icu_logit(self, b: PatientBatch, sofa: np.ndarray) -> np.ndarray:
-        """Death after leaving the ICU (outcome window), from the state at discharge (logit, no intercept)."""
-        p, x = b.p, b.x
-        balance_l = (x["input_total"] - x["output_total"]) / 1000.0
+        """Death after leaving the ICU (outcome window), from the illness at discharge (logit, no intercept).
+        Fluid overload is not in it: its harm is counted once, in the ICU (see the module docstring)."""
+        p = b.p
         return (
-            0.2 * sofa + 0.4 * np.maximum(x["lac"] - 2, 0) + p["frailty"]
-            + 0.25 * np.clip(balance_l - 5.0, 0, 4) + 0.9 * sigmoid((150 - self.pf_ratio(b)) / 25)
+            0.2 * sofa + 0.4 * np.maximum(self.tissue_lactate(b.x) - 2, 0) + p["frailty"]
+            + 0.9 * sigmoid((150 - self.pf_ratio(b)) / 25)
         )
 
     def step_actions(self, b: PatientBatch, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:

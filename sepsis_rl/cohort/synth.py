@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from sepsis_rl.eval.policy import Policy
 
 GROUND_TRUTH_FILE = "ground_truth.parquet"
-SIMULATOR_NAME = "sepsis-rl-synthetic-v2"  # v2: calibrated mortality, keyed (common) random numbers
+# v2: calibrated mortality, keyed (common) random numbers; v3: illness-driven hazard (a drug's own SOFA points,
+# catecholamine lactate and the running dose are not organ failure), dose-scaled vasoconstriction harm, overload
+# counted once, discharge read from the illness, a clinician that escalates vasopressors as the SSC says
+SIMULATOR_NAME = "sepsis-rl-synthetic-v3"
 
 
 def synthetic_spec(seed: int, reward: RewardConfig, config: SimulatorConfig) -> CohortSpec:

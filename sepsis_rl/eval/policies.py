@@ -19,14 +19,20 @@ class SyntheticClinician(Policy):
 
     name = "clinician"
 
-    def __init__(self, feature_names: tuple[str, ...], cohort_seed: int):
-        self.behaviour = _Behaviour(tuple(feature_names))
+    def __init__(self, feature_names: tuple[str, ...], cohort_seed: int, map_target: float = 65.0):
+        self.behaviour = _Behaviour(tuple(feature_names), map_target=map_target)
         self.cohort_seed = cohort_seed
+        if map_target != 65.0:
+            self.name = f"clinician_map{map_target:g}"
 
     def action_probs(self, batch: DecisionBatch) -> np.ndarray:
         style = self.behaviour.keyed_styles(self.cohort_seed, batch.episode_ids % _STRIDE_STYLE)
         prev_vaso = np.where(batch.last_action >= 0, split_action(np.maximum(batch.last_action, 0))[1], 0)
-        return self.behaviour.probs(batch.current, batch.steps, prev_vaso, style) if len(batch) else np.zeros((0, N_ACTIONS))
+        if not len(batch):
+            return np.zeros((0, N_ACTIONS))
+        mapv = batch.history[:, :, batch.feature_names.index("MeanBP")]
+        prev_map = np.where(batch.lengths > 1, mapv[:, -2], np.nan)
+        return self.behaviour.probs(batch.current, batch.steps, prev_vaso, style, prev_map)
 
 
 _STRIDE_STYLE = 2**62  # styles keyed by the full rollout id (repeats meet new clinicians)
