@@ -9,6 +9,7 @@ import pytest
 
 from sepsis_rl.cli import main
 from sepsis_rl.cohort.noise import KeyedNoise
+from sepsis_rl.cohort.sanity import sanity_table
 from sepsis_rl.cohort.simulator import SepsisSimulator
 from sepsis_rl.cohort.store import read_split
 from sepsis_rl.cohort.synth import GroundTruth, synthesize, synthesize_cohort, true_policy_values
@@ -180,9 +181,141 @@ def test_high_vasopressor_doses_carry_high_mortality(population):
 def test_cli_sanity_json(tmp_path, capsys):
     out = synthesize_cohort(tmp_path / "c", 100, seed=1, progress=False)
     assert main(["cohort", "sanity", str(out), "--json"]) == 0
-    table = json.loads(capsys.readouterr().out)["policies"]
+    out_json = capsys.readouterr().out
+    table = json.loads(out_json)["policies"]
     assert {"clinician", "random", "no_treatment", "const_F4V0"} <= set(table)
     assert len([k for k in table if k.startswith("const_F")]) == 25
+    assert {"clinician_map60", "clinician_map82"} <= set(table)
+    bands = json.loads(out_json)["bands"]
+    assert set(bands["v1_added"]) == {"F0", "F1", "F2", "F3", "F4"} and sum(bands["n"][b] for b in
+                                                                            ("MAP < 65", "MAP 65-70", "MAP >= 70")) == 15
     for row in table.values():
         assert row["survival_ci"][0] <= row["survival"] <= row["survival_ci"][1]
+    assert main(["cohort", "sanity", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "True survival by charted admission MAP" in text and "| F2 + V1 vs F2V0 |" in text
+    assert "| clinician_map82 |" in text
     assert main(["cohort", "sanity", str(tmp_path / "missing")]) == 2
+
+
+# ----------------------------------------------------------------------------------------- ground truth v3
+@pytest.fixture(scope="module")
+def readme_sanity(tmp_path_factory):
+    """The sanity table of the README cohort (10,000 patients, seed 0): its 1,500 test patients, every
+    policy on the same rollouts (common random numbers)."""
+    out = synthesize_cohort(tmp_path_factory.mktemp("readme") / "cohort", 10000, seed=0, progress=False)
+    table = sanity_table(out)
+    assert table["n_patients"] == 1500
+    return table
+
+
+def _surv(table, name, band="all"):
+    return table["bands"]["survival"][name][band]
+
+
+def test_a_low_vasopressor_dose_on_top_of_fluids_does_not_cost_survival(readme_sanity):
+    """CENSER: early low-dose norepinephrine on top of fluids, no mortality harm."""
+    v1 = readme_sanity["bands"]["v1_added"]
+    for f in (1, 2, 3):  # hypotensive at admission: at most 2 points lost
+        assert v1[f"F{f}"]["MAP < 65"]["diff"] >= -0.02, (f, v1[f"F{f}"]["MAP < 65"])
+    for f in (0, 1, 2, 3):  # whole cohort: at most 3
+        assert v1[f"F{f}"]["all"]["diff"] >= -0.03, (f, v1[f"F{f}"]["all"])
+    for f in (0, 1, 2):  # normotensive at admission (MAP >= 70): at most 3
+        assert v1[f"F{f}"]["MAP >= 70"]["diff"] >= -0.03, (f, v1[f"F{f}"]["MAP >= 70"])
+
+
+def test_fluids_and_vasopressors_are_not_antagonists(readme_sanity):
+    t = readme_sanity
+    assert _surv(t, "const_F3V3") >= min(_surv(t, "const_F3V0"), _surv(t, "const_F0V3")) - 0.03
+
+
+def test_map_target_analogues_stay_inside_the_trials(readme_sanity):
+    """SEPSISPAM (80-85 vs 65-70 mmHg) and the 65 trial (permissive 60-65): a few points at most."""
+    targets = readme_sanity["bands"]["map_targets"]
+    assert abs(targets["clinician_map82"]["all"]["diff"]) <= 0.04, targets["clinician_map82"]["all"]
+    assert targets["clinician_map60"]["all"]["diff"] >= -0.04, targets["clinician_map60"]["all"]
+
+
+def test_untreated_patients_die_of_shock_and_not_of_normotension(readme_sanity):
+    t = readme_sanity
+    assert t["bands"]["n"]["MAP < 55"] >= 50
+    assert _surv(t, "no_treatment", "MAP < 55") <= 0.10
+    assert abs(_surv(t, "no_treatment", "MAP >= 70") - _surv(t, "clinician", "MAP >= 70")) <= 0.05
+
+
+def test_maximal_everything_is_harmful_but_not_absurd(readme_sanity):
+    t = readme_sanity
+    assert _surv(t, "const_F4V4") < _surv(t, "clinician") - 0.20
+    assert _surv(t, "const_F4V4") >= _surv(t, "no_treatment") - 0.30
+
+
+def test_no_constant_regimen_beats_the_clinician_in_any_admission_map_band(readme_sanity):
+    """Overall the clinician is above every constant regimen; in every band none is above it with a paired
+    95% CI that excludes zero (the best of 25 regimens on a few hundred patients is noisy: in the normotensive
+    bands, where treatment matters least, the best constant can sit a point above the clinician by chance)."""
+    bands = readme_sanity["bands"]
+    assert bands["best_constant"]["all"]["diff"] < 0, bands["best_constant"]["all"]
+    for band in ("all", "MAP < 65", "MAP 65-70", "MAP >= 70"):
+        assert bands["constants_beating_clinician"][band] == [], (band, bands["best_constant"][band])
+
+
+def test_the_hazard_does_not_count_a_low_dose_as_illness():
+    """At the same state and MAP, dose 0 -> 0.04 raises the in-ICU hazard logit by at most 0.05."""
+    b = SIM.sample_patients(400, np.random.default_rng(4))
+    sofa, lac0 = SIM.illness_sofa(b), SIM.tissue_lactate(b.x)
+    for mapv in (45.0, 60.0, 65.0, 75.0, 90.0, 95.0, 110.0):
+        m = np.full(len(b), mapv)
+        rise = SIM.death_logit(b, sofa, m, lac0, np.full(len(b), 0.04)) - SIM.death_logit(b, sofa, m, lac0, np.zeros(len(b)))
+        assert np.all(rise >= 0) and np.all(rise <= 0.05), (mapv, rise.max())
+
+
+def test_illness_severity_is_treatment_invariant_while_the_chart_shows_the_drug():
+    b = SIM.sample_patients(300, np.random.default_rng(8))
+    on = b.copy()
+    on.x["vaso"] = np.full(len(b), 0.3)
+    np.testing.assert_array_equal(SIM.illness_sofa(b), SIM.illness_sofa(on))  # the drug adds no organ failure
+    assert (SIM.true_sofa(on) > SIM.true_sofa(b)).mean() > 0.5  # charted SOFA: 4 cardiovascular points on 0.3
+    np.testing.assert_array_equal(SIM.ready_for_discharge(b, SIM.illness_sofa(b)),
+                                  SIM.ready_for_discharge(on, SIM.illness_sofa(on)))
+    # refractory shock reads as the largest dose need; a patient above 65 off drugs needs none
+    need = SIM.vaso_needed(b)
+    off = SIM.mean_arterial_pressure(b, np.zeros(len(b)))
+    assert np.all(need[off >= 65] == 0) and np.all(need[off < 65] > 0)
+
+
+def test_catecholamine_lactate_is_charted_but_not_counted_twice():
+    b = SIM.sample_patients(200, np.random.default_rng(9))
+    made = b.copy()
+    made.x["lac"] = made.x["lac"] + 2.0
+    made.x["lac_cat"] = made.x["lac_cat"] + 2.0
+    sofa, m, d = SIM.illness_sofa(b), SIM.mean_arterial_pressure(b), np.full(len(b), 0.6)
+    np.testing.assert_allclose(SIM.death_logit(made, sofa, m, SIM.tissue_lactate(b.x), d),
+                               SIM.death_logit(b, sofa, m, SIM.tissue_lactate(b.x), d))
+    # a high dose builds lactate in the chart over a step (type B, aerobic)
+    hi = SIM.step(b, np.zeros(len(b)), np.full(len(b), 1.0), KeyedNoise(1, np.arange(len(b)), 0)).batch
+    lo = SIM.step(b, np.zeros(len(b)), np.full(len(b), 0.3), KeyedNoise(1, np.arange(len(b)), 0)).batch
+    assert (hi.x["lac_cat"] > 0).all() and (lo.x["lac_cat"] == 0).all()
+    assert hi.x["lac"].mean() > lo.x["lac"].mean() + 0.5
+
+
+def test_clinician_escalates_for_persistent_hypotension_and_weans_above_target():
+    from sepsis_rl.cohort.behaviour import ClinicianPolicy, ClinicianStyle
+
+    pol = ClinicianPolicy(NAMES)
+    style = ClinicianStyle(np.zeros(6), np.full(6, 65.0))
+    mapv = np.array([60.0, 60.0, 50.0, 68.0, 85.0, 70.0])
+    prev = np.array([0, 2, 0, 1, 2, 2])
+    falling = np.array([False, False, False, True, False, False])
+    target = pol.vaso_target(mapv, np.full(6, 2.0), falling, prev, style)
+    # starts at bin 2 (0.14), escalates a bin while hypotension persists, two when far below target; a falling
+    # MAP near target gets a bin more; well above target weans, just above holds
+    np.testing.assert_array_equal(target, [2, 3, 3, 2, 1, 2])
+
+
+def test_old_cohorts_are_refused_with_one_line(tmp_path):
+    out = synthesize_cohort(tmp_path / "c", 50, seed=1, progress=False)
+    spec_path = out / "cohort.json"
+    spec_path.write_text(spec_path.read_text().replace("sepsis-rl-synthetic-v3", "sepsis-rl-synthetic-v2"))
+    with pytest.raises(ValueError, match="re-synthesise the cohort") as err:
+        GroundTruth.load(out)
+    assert "\n" not in str(err.value)

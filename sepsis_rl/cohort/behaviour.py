@@ -1,12 +1,18 @@
 """A stochastic, clinician-like behaviour policy for the synthetic cohort, with exact propensities.
 
-Roughly guideline-driven (Surviving Sepsis Campaign): fluid boluses for hypotension or high lactate,
-more in the first hours; fewer fluids once the balance is strongly positive or oxygenation fails;
-norepinephrine started or escalated when MAP stays under the clinician's target despite fluids, and
-weaned once MAP is comfortably above it. Clinicians differ: each stay gets a clinician style (a fluid
-bias and a MAP target around 65 mmHg). Fluid and vasopressor bins are drawn independently from
-softmaxes around a target bin, mixed with 4% uniform exploration so every action has support (which
-off-policy evaluation needs). ``probs`` returns the full 25-action distribution the action was drawn from.
+Guideline-driven (Surviving Sepsis Campaign 2021), and no optimal policy: fluid boluses for hypotension,
+high lactate or oliguria (< 0.5 mL/kg/h), more in the first hours; fewer fluids once the balance is strongly
+positive, urine flows (> 1 mL/kg/h) or oxygenation fails. Norepinephrine is first-line for hypotension and
+started early rather than after all fluids: a MAP under the clinician's target starts it at bin 2 (~0.14
+mcg/kg/min) and escalates it a bin per 4 h while hypotension persists (two bins when more than 10 mmHg
+below target); a MAP within 5 mmHg above target that fell more than 3 mmHg in 4 h (or, on a vasopressor,
+with lactate > 4) gets a bin more; a MAP more than 8 mmHg above target weans half a bin, more than 15 a bin.
+Clinicians differ: each stay gets a clinician style (a fluid bias and a MAP target around 65 mmHg, or
+around a shifted mean for the MAP-target trial analogues). Fluid and vasopressor bins are drawn
+independently from softmaxes around a target bin, mixed with 4% uniform exploration so every action has
+support (which off-policy evaluation needs): the clinicians are noisy and react to the last chart 4 h
+late, so a policy that plans can beat them. ``probs`` returns the full 25-action distribution the action
+was drawn from.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Hidden parameters (the heterogeneity)
 
 Hidden state per step: intravascular volume (L vs euvolaemia), extravascular oedema (L),
 inflammation, lactate, creatinine, bilirubin, AST/ALT, platelets, cerebral dysfunction, chloride,
-haemoglobin, albumin, ventilation, cumulative input/output.
+haemoglobin, albumin, ventilation, cumulative input/output, the running dose, consecutive hypotensive
+steps, and the catecholamine-made part of lactate.
 
 Treatment effects per 4-hour step (direction; typical size on a hypotensive, hypovolaemic patient):
     fluids (mL/4h)  raise intravascular volume by (1 - leak) of the dose; the rest becomes oedema.
@@ -27,41 +28,58 @@ Treatment effects per 4-hour step (direction; typical size on a hypotensive, hyp
       (exp(-s * excess), s ~ 0.15-0.4 per L) and leads to mechanical ventilation when P/F < 150
       (measured: 4 steps of 2 L vs none, mean P/F 154 vs 339, ventilated 42% vs 14%).
     vasopressors (norepinephrine-eq. mcg/kg/min) raise MAP by Emax * d / (d + 0.25)
-      (~+11 mmHg at 0.14, ~+24 at 0.73 in a non-vasoplegic patient; measured +19 mmHg at 0.325 in
-      hypotensive patients); raise HR slightly; doses above 0.3 raise lactate (+1.6 mmol/L per
-      mcg/kg/min above 0.3 per step; measured +1.0 mmol/L for 1.0 vs 0.3) and
-      SOFA's cardiovascular component is 3 (dose <= 0.1) or 4 (> 0.1) while they run.
-    no treatment: hypotension (MAP < 65) drives lactate up, worsens inflammation and injures
-      kidney, liver and brain; inflammation otherwise resolves at a patient-specific rate.
+      (~+11 mmHg at 0.14, ~+24 at 0.73 in a non-vasoplegic patient); raise HR slightly; doses above 0.3
+      raise charted lactate (+1.6 mmol/L per mcg/kg/min above 0.3 per step: aerobic, catecholamine-driven,
+      tracked apart as ``lac_cat`` so that the hazard does not read it as hypoperfusion); charted SOFA's
+      cardiovascular component is 3 (dose <= 0.1) or 4 (> 0.1) while they run, as clinicians chart it.
+    perfusion: tissue hypoperfusion is sigmoid((58 - MAP) / 3) (autoregulation holds flow above ~60-65
+      mmHg: 0.09 at 65, 0.34 at 60, 0.73 at 55); it drives lactate, inflammation and kidney, liver and brain
+      injury. No treatment: hypotension worsens all of these; inflammation otherwise resolves at a
+      patient-specific rate.
 
-Stay ends: death (per-step hazard, below), discharge (stable: SOFA <= 5, lactate < 2.2, MAP >= 65, off
-vasopressors, after >= 3 steps; p = 0.3 per step), or the 20-step cap. Survivors of the stay may still die
-after it (90-day outcome) with a probability that rises with their final SOFA, lactate, fluid balance and
-oxygenation, so the whole trajectory matters.
+Stay ends: death (per-step hazard, below), discharge, or the 20-step cap. Discharge rule
+(``ready_for_discharge``): after >= 3 steps, illness SOFA <= 5, tissue lactate < 2.2 and an off-drug MAP >= 65
+(the patient no longer needs a vasopressor: a running dose is weaned on the way out, so it neither blocks
+discharge nor follows the patient); ready stays leave with p = 0.3 per step. Survivors of the stay may still
+die after it (90-day outcome) with a probability that rises with their illness SOFA, tissue lactate and
+oxygenation at discharge, so the whole trajectory matters.
 
-Mortality calibration (v2; each association held by tests/test_ground_truth.py on simulated populations).
-The per-step in-ICU hazard logit adds to SOFA, lactate above 2 and MAP below 55:
+Mortality (ground truth v3; each association held by tests/test_ground_truth.py on simulated populations).
+The illness drives the hazard, not the bookkeeping of treatment. The per-step in-ICU hazard logit
+(intercept -6.2; ~19% mortality under the clinicians) adds:
+    illness SOFA  0.22 per point. SOFA with its cardiovascular points from the illness: the off-drug MAP and
+        the norepinephrine dose that MAP 65 would need (``vaso_needed``), not the dose running. A drug's own
+        SOFA points are not organ failure: dose 0 -> 0.04 at the same state and MAP moves the logit by
+        <= 0.04 (v2: +0.66 through 3 cardiovascular points, x1.9 hazard per step).
+    tissue lactate above 2  +0.35 per mmol/L; rising tissue lactate +0.6 per mmol/L within the step (up to 2).
+        Nguyen et al., Crit Care Med 2004: < 10% lactate clearance at 6 h carries higher mortality.
+        Catecholamine lactate is left out: the high-dose harm has its own term (below), counted once.
+    MAP reached below 55  +0.9 * sigmoid((55 - MAP) / 3) (the treated MAP: this is what vasopressors buy).
+    persistent hypotension  +0.45 per consecutive step ending with MAP < 65 (a step at 60-65 counts half; up to
+        4). Varpula et al., Intensive Care Med 2005; Maheshwari et al., Intensive Care Med 2018: time below
+        MAP 65 predicts death; the 65 trial (Lamontagne et al., JAMA 2020): permissive 60-65 in the elderly was
+        not worse, so the 60-65 band weighs half.
     hypoxaemic respiratory failure  +0.7 * sigmoid((100 - P/F) / 25). Berlin definition (ARDS Definition
-        Task Force, JAMA 2012): mortality 27% / 32% / 45% for mild / moderate / severe ARDS. Measured here
-        among ventilated stays by P/F at the first ventilated step of the first 24 h (clinician cohort,
-        10,000 stays): >300 18%, mild 30%, moderate 58%, severe 85% (n ~ 10). Monotone as in Berlin, but
-        steeper above mild: in this simulator low P/F also marks the sickest, most inflamed patients.
-    sustained fluid overload  +0.35 per L of cumulative balance beyond +5 L (saturating at +8 L), and the
-        same beyond discharge. Boyd et al., Crit Care Med 2011 (VASST); Sakr et al., Crit Care Med 2017
-        (ICON): a positive cumulative balance is independently associated with mortality. Measured: the
-        clinicians forced to the largest fluid bin for 24 h (+9 L) lose > 5 survival points (paired).
-    persistent hypotension  +0.45 per consecutive step ending with MAP < 65 (up to 4). Varpula et al.,
-        Intensive Care Med 2005; Maheshwari et al., Intensive Care Med 2018: time below MAP 65 predicts death.
-    rising lactate  +0.6 per mmol/L of rise within the step (up to 2). Nguyen et al., Crit Care Med 2004:
-        < 10% lactate clearance at 6 h carries higher mortality (measured here: 28% vs 7%).
-    high-dose vasopressor  +1.6 per mcg/kg/min above 0.25 (arrhythmia, ischaemia), and +0.8 while a
-        vasopressor runs with MAP far above target (> 90: needless vasoconstriction; SEPSISPAM, Asfar et al.,
-        NEJM 2014: higher MAP targets brought more atrial fibrillation, no survival benefit). Brown et al.,
-        Chest 2013: > 1 mcg/kg/min norepinephrine-equivalent carried ~80% mortality.
-Consequences (``sepsis-rl cohort sanity``, README): no constant regimen reaches the clinicians' survival
-(best ~73% vs ~77%), the largest fluid bin for the whole stay falls to ~58%, and no treatment (~49%) is
-below every moderate regimen; only maximal fluid with vasopressors, or maximal vasopressor doses, for
-the whole stay (~30 L, or 0.7 mcg/kg/min for 80 h) are worse still.
+        Task Force, JAMA 2012): mortality 27% / 32% / 45% for mild / moderate / severe ARDS; monotone here,
+        steeper above mild (low P/F also marks the sickest, most inflamed patients).
+    fluid overload, counted once  its pulmonary harm through P/F (respiratory SOFA and the Berlin term: the
+        physiology of oedema in the lungs), its non-pulmonary harm as +0.35 per L of cumulative balance beyond
+        +5 L (saturating at +8 L) per step in the ICU; the post-ICU logit adds no balance term (v2 stacked
+        both). Boyd et al., Crit Care Med 2011 (VASST); Sakr et al., Crit Care Med 2017 (ICON): a positive
+        cumulative balance is independently associated with mortality (~1.5-2x for the top quartile);
+        CLASSIC and CLOVERS (NEJM 2022, 2023): restrictive vs liberal fluids ~2 L apart are null.
+    high-dose vasopressor  +1.6 per mcg/kg/min above 0.25 (arrhythmia, ischaemia). Brown et al., Chest 2013:
+        > 1 mcg/kg/min norepinephrine-equivalent carried ~80% mortality.
+    needless vasoconstriction  +1.0 * dose * sigmoid((MAP - 85) / 4): scales with the dose (0.04 at MAP 95:
+        +0.03; 0.3 at MAP 95: +0.28). SEPSISPAM (Asfar et al., NEJM 2014): MAP 80-85 vs 65-70 brought more
+        atrial fibrillation and no survival difference; CENSER (Permpikul et al., AJRCCM 2019): early low-dose
+        norepinephrine on top of fluids improved shock control without mortality harm.
+Consequences (``sepsis-rl cohort sanity``, README cohort, 1,500 test patients): adding the lowest vasopressor
+bin to a fluid bin never costs survival (+0.00..+0.17 by admission-MAP band); F3V3 is not below F3V0 or F0V3;
+the same clinicians aiming at MAP 82 lose 3.7 points and at 60 lose 1.4; no treatment kills 99% of patients
+admitted with MAP < 55 and is within 5 points of the clinicians for MAP >= 70; no constant regimen beats the
+clinicians (overall or in any admission-MAP band, paired CI); maximal fluid and vasopressor for the whole stay
+(F4V4, ~30 L and 0.7 mcg/kg/min over 80 h) is 41 points below them but not 30 below no treatment.
 """
 
 from __future__ import annotations
