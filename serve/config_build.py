@@ -35,6 +35,9 @@ def render_config(args: AppArgs = DEFAULT_ARGS, port: int = 8000) -> str:
         args=args.model_dump(exclude_none=True),
         deployments=[deployment_to_schema(d) for d in built.deployments],
     ).model_dump(exclude_unset=True)
+    for d in application["deployments"]:
+        if d["name"] == "AgentDeployment":  # its resources come from args (engine_cpus, engine_gpus), as `serve` sizes them
+            d.pop("ray_actor_options", None)
     config: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": port},  # in a pod; `sepsis-rl serve` binds 127.0.0.1

@@ -6,8 +6,11 @@ anything else that breaks (an engine failure) -> 500 with the same body shape; t
 serving. Validation happens here, before any engine time is spent.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations to tell a
+# `Request` from a query parameter, and how it resolves string annotations of Serve-wrapped methods changed
+# across FastAPI releases (0.165 took `request` for a required query parameter: every route answered 422).
+# Real annotation objects mean the same thing to every FastAPI version.
+import asyncio
 import hmac
 import json
 import logging
@@ -19,7 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve.agent_deployment import DecisionInput
 from serve.agent_dir import load_agent_dir
@@ -33,6 +37,27 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1_000_000
 MAX_HISTORY = 64  # 64 four-hour steps = 10.7 days; the model reads its last `history_window` steps
 RETRY_AFTER_S = 2
+# A replica that dies mid-request (killed, node lost, OOM) fails the call with an actor error that is not the
+# request's fault; requests are idempotent (a seed makes sampling deterministic), so the ingress sends the same
+# call again, to whichever replica the router picks, a few times with a short back-off.
+REPLICA_RETRIES = 4
+REPLICA_RETRY_BACKOFF_S = 0.5
+REPLICA_DEATH = (RayActorError, ReplicaUnavailableError)
+
+
+async def call_with_replica_retry(call: Callable[[], Awaitable[Any]], route: str, retries: int = REPLICA_RETRIES,
+                                  backoff_s: float = REPLICA_RETRY_BACKOFF_S) -> Any:
+    """``await call()``, again after a replica's death (never after the request's own failure)."""
+    for attempt in range(retries + 1):
+        try:
+            return await call()
+        except REPLICA_DEATH as e:
+            if attempt == retries:
+                raise
+            log.warning("%s: replica died mid-request (%s); retrying (%d of %d)", route, type(e).__name__,
+                        attempt + 1, retries)
+            await asyncio.sleep(backoff_s * (attempt + 1))
+    raise AssertionError("unreachable")
 
 app = FastAPI(title="sepsis-rl agent", description="Recommendations of the trained sepsis agent and its world model.")
 
@@ -51,15 +76,19 @@ def _pydantic_error(e: ValidationError) -> InputError:
     return InputError(f"{param or 'body'}: {err['msg']}", param or None, err["type"])
 
 
+INGRESS_CPUS = 0.1
+
+
 @serve.deployment(
     max_ongoing_requests=256,  # the ingress only validates and awaits; the agent deployment bounds the work
     health_check_period_s=10, graceful_shutdown_timeout_s=60,
-    ray_actor_options={"num_cpus": 0.1},
+    ray_actor_options={"num_cpus": INGRESS_CPUS},
 )
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, agent: Any, world_model: Any, agent_dir: str, api_key_env: str | None = None):
-        self.agent, self.world_model = agent, world_model
+    def __init__(self, agent: Any, world_model: Any, agent_dir: str, api_key_env: str | None = None,
+                 engine: str = "transformers"):
+        self.agent, self.world_model, self.engine = agent, world_model, engine
         self.dir = load_agent_dir(agent_dir)
         self.validator = HistoryValidator(self.dir.spec, self.dir.medians, MAX_HISTORY)
         self.metrics = IngressMetrics(self.dir.run_id)
@@ -149,7 +178,8 @@ class Ingress:
         s = self.dir.settings
         return {"object": "list", "data": [
             {"id": self.dir.agent_name, "object": "model", "owned_by": "sepsis-rl", "kind": "agent",
-             "candidates": s.k, "horizon": s.horizon, "temperature": s.temperature},
+             "candidates": s.k, "horizon": s.horizon, "temperature": s.temperature, "engine": self.engine,
+             "prompt_style": s.prompt_style},
             {"id": self.dir.world_model_name, "object": "model", "owned_by": "sepsis-rl", "kind": "world_model",
              "history_window": self.dir.window},
         ]}
@@ -188,7 +218,7 @@ class Ingress:
         item = DecisionInput(hist.states, last, o.candidates or s.k, o.horizon or s.horizon,
                              s.temperature if o.temperature is None else o.temperature, o.simulate, o.seed,
                              hist.imputed_features)
-        answer = await self.agent.recommend.remote(item)
+        answer = await call_with_replica_retry(lambda: self.agent.recommend.remote(item), "/v1/recommend")
         answer.update(imputed_features=hist.imputed_features,
                       model={"agent": self.dir.agent_name, "world_model": self.dir.world_model_name})
         return Recommendation(**answer).model_dump(exclude_none=False)
@@ -200,7 +230,8 @@ class Ingress:
     async def _simulate(self, request: Request) -> dict[str, Any]:
         req: SimulateRequest = await self._body(request, SimulateRequest)
         hist = self.validator.validate(req.patient.history)
-        rows = await self.world_model.what_if.remote(hist.states, list(req.actions), req.horizon)
+        rows = await call_with_replica_retry(
+            lambda: self.world_model.what_if.remote(hist.states, list(req.actions), req.horizon), "/v1/simulate")
         return {"horizon_hours": 4 * req.horizon, "actions": rows, "imputed_features": hist.imputed_features,
                 "model": {"world_model": self.dir.world_model_name}}
 

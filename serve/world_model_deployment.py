@@ -93,11 +93,14 @@ def _path(values: np.ndarray) -> list[float] | None:
     return None if np.isnan(v).all() else [round(float(x), 4) for x in v]
 
 
+WORLD_MODEL_CPUS = 0.25
+
+
 @serve.deployment(
     max_ongoing_requests=32,  # cheap calls; each is already a batch from the agent
     health_check_period_s=10, health_check_timeout_s=30,
     graceful_shutdown_wait_loop_s=1, graceful_shutdown_timeout_s=20,
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": WORLD_MODEL_CPUS},
 )
 class WorldModelDeployment:
     def __init__(self, agent_dir: str):

@@ -36,7 +36,7 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 GPU = "nvidia.com/gpu"
 # serveConfigV2 may differ from serve/config.yaml only here: where the agent lives and how the cluster runs it
-SERVE_ARG_OVERRIDES = ("agent_dir", "engine", "replicas")
+SERVE_ARG_OVERRIDES = ("agent_dir", "engine", "replicas", "engine_cpus", "engine_gpus")
 SERVE_HTTP_OVERRIDES = ("host",)
 PRESET_ANNOTATION = "sepsis-rl.io/fits-preset"  # a RayCluster declares which preset it must be able to run
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sepsis_rl.cohort.validation import CohortInputError
 from sepsis_rl.rollout.dtypes import DTYPES
+from sepsis_rl.rollout.engine_choice import ENGINE_CHOICES, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LLM action probabilities: greedy softened by --epsilon, or N sampled decisions")
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="engine of the LLM policies: auto (default: vllm where installed, else transformers)")
     p.add_argument("--behaviour", choices=("logged", "estimate"), default="logged",
                    help="behaviour propensities: the cohort's logged ones, or an estimated behaviour policy")
     p.add_argument("--baselines", choices=("default", "tiny"), default="default", help="offline-RL training size")
@@ -86,7 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(policies=tuple(names), patients=args.episodes, llm_patients=args.llm_episodes,
                      llm_ope_episodes=args.llm_stays or args.llm_episodes, stage_patients=args.stage_episodes,
                      stage_ope=not args.no_stage_ope, repeats=args.repeats, gamma=args.gamma, n_boot=args.bootstrap,
-                     seed=args.seed, baselines=args.baselines, engine=args.engine, behaviour=args.behaviour,
+                     seed=args.seed, baselines=args.baselines, engine=_engine(args.engine), behaviour=args.behaviour,
                      fqe=not args.no_fqe, llm_in_model=args.llm_in_model,
                      llm_cpus=args.llm_cpus, llm_gpus=args.llm_gpus, llm_dtype=args.llm_dtype, llm_probs=LLMProbConfig(args.llm_probs, args.epsilon, args.samples))
     load_logged(sources, cfg, cfg.split, 2)  # propensities present (or estimable) before any work starts
@@ -150,3 +152,14 @@ def _headline(report: dict, out: Path) -> str:
         est = f"DR {dr['value']:.2f} [{dr['ci'][0]:.2f}, {dr['ci'][1]:.2f}]" if dr and dr.get("value") is not None else ""
         lines.append(f"  {name:<18} {true}  {est}")
     return "\n".join(lines) + "\n" + json.dumps({"gamma": report["gamma"]})
+
+
+def _engine(kind: str) -> str:
+    """The LLM policies' engine, ``auto`` resolved here (and printed) so the report records what ran."""
+    try:
+        engine = resolve_engine(kind)
+    except ValueError as e:
+        raise CohortInputError(f"--engine: {e}") from None
+    if kind == "auto":
+        print(f"engine: auto -> {engine}", flush=True)
+    return engine

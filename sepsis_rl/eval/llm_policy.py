@@ -52,6 +52,7 @@ class LLMPolicy(Policy):
 
         from sepsis_rl.agent.fallback import Fallback
         from sepsis_rl.rollout.dtypes import engine_dtype_options
+        from sepsis_rl.rollout.engine_choice import resolve_engine
         from sepsis_rl.rollout.psr import AgentConfig, PSRAgent
         from sepsis_rl.rollout.worker import make_engine
         from world_model.simulation import SimulationConfig, WorldModelSimulator
@@ -62,6 +63,7 @@ class LLMPolicy(Policy):
         self.name, self.cfg, self.seed = name, probs, seed
         self.deterministic = probs.mode == "epsilon" and probs.epsilon == 0
         temperature = 0.0 if probs.mode == "epsilon" else probs.temperature
+        engine = resolve_engine(engine)
         options = engine_dtype_options(engine, dtype)
         # an evaluation actor's EngineSlot re-weights its running engine; alone, the policy builds its own
         self.engine = engines.get(engine, model_path, **options) if engines is not None else make_engine(engine, model_path, **options)

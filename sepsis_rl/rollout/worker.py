@@ -41,7 +41,7 @@ class WorkerConfig:
     model_path: str
     cohort_dir: str
     split: str = "train"
-    engine: str = "transformers"  # or "vllm"
+    engine: str = "transformers"  # or "vllm", or "auto" (vLLM where installed: rollout/engine_choice.py)
     agent: AgentConfig = field(default_factory=AgentConfig)
     batch_episodes: int = 8  # episodes played concurrently (one generate call per decision for all)
     threads: int = 1
@@ -51,6 +51,9 @@ class WorkerConfig:
 def make_engine(kind: str, model_path: str, **options: Any) -> Any:
     """The generation engine ``kind`` on ``model_path``; ``options`` go to its constructor
     (e.g. ``weight_transfer="nccl"`` for a GPU vLLM engine that receives NCCL weight broadcasts)."""
+    from sepsis_rl.rollout.engine_choice import resolve_engine
+
+    kind = resolve_engine(kind) if kind == "auto" else kind
     if kind == "transformers":
         from sepsis_rl.rollout.transformers_engine import TransformersEngine
 
@@ -59,7 +62,7 @@ def make_engine(kind: str, model_path: str, **options: Any) -> Any:
         from sepsis_rl.rollout.vllm_engine import VLLMEngine  # vLLM itself is imported inside, with a clear error
 
         return VLLMEngine(model_path, **options)
-    raise ValueError(f"unknown engine {kind!r} (choose transformers or vllm)")
+    raise ValueError(f"unknown engine {kind!r} (choose auto, transformers or vllm)")
 
 
 class RolloutWorkerImpl:
