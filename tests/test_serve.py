@@ -101,21 +101,6 @@ def recommend_body(history, **options) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ no Ray
-def test_route_handlers_take_the_request_object_on_every_fastapi_version():
-    """Each route's ``request`` is the Starlette request, never a query parameter: with string annotations
-    FastAPI 0.165 took it for a required query parameter and every route answered its own 422 body."""
-    from fastapi.routing import APIRoute
-
-    from serve.ingress import app
-
-    routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    assert {r.path for r in routes} >= {"/healthz", "/readyz", "/v1/models", "/v1/schema", "/v1/recommend",
-                                        "/v1/simulate"}
-    for r in routes:
-        assert r.dependant.request_param_name == "request", r.path
-        assert r.dependant.query_params == [], (r.path, [p.name for p in r.dependant.query_params])
-
-
 def test_replica_death_is_retried_and_the_requests_own_failure_is_not():
     import asyncio
 
