@@ -119,7 +119,7 @@ STATE_NAMES = (
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """Knobs of the ground-truth simulator; defaults give ~23% mortality under the clinician policy."""
+    """Knobs of the ground-truth simulator; defaults give ~19% mortality under the clinician policy."""
 
     max_steps: int = 20
     responder_fraction: float = 0.65
