@@ -58,7 +58,9 @@ def fixed_resources() -> dict[str, float]:
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    engine = resolve_engine(a.engine)  # on the node that builds the app (the driver, or the Serve controller)
+    # "auto" is decided on the node that builds the app (the driver, or the Serve controller); an explicit
+    # engine passes through, so a head node without vLLM can still deploy vLLM replicas onto GPU workers
+    engine = resolve_engine(a.engine) if a.engine == "auto" else a.engine
     hi = a.max_replicas or a.replicas
     batch = a.max_batch_size if a.batching else 1
     world = WorldModelDeployment.options(autoscaling_config=_autoscaling(1, max(1, hi // 2), 8)).bind(a.agent_dir)
