@@ -9,7 +9,8 @@ import torch
 
 from sepsis_rl.learner.batch import Sample, assign_gae, assign_grpo_advantages, collate, micro_batches, samples_from_episodes
 from sepsis_rl.learner.losses import (
-    aggregate, clipped_policy_loss, clipped_value_loss, gae, group_advantages, kl_penalty, sft_loss, token_logprobs,
+    aggregate, clipped_policy_loss, clipped_value_loss, gae, group_advantages, group_reward_stats, kl_penalty,
+    sampled_entropy, sft_loss, token_logprobs, zero_variance_groups,
 )
 from sepsis_rl.rollout.episodes import EPISODE_SCHEMA
 
@@ -48,6 +49,24 @@ def test_group_advantages_by_hand():
     # group 0: mean 2, std 1 -> (-1, +1); group 1: equal returns -> 0; a single episode -> 0
     assert adv == pytest.approx([-1.0, 1.0, 0.0, 0.0, 0.0], abs=1e-9)
     assert group_advantages(returns, groups, normalize_std=False) == pytest.approx([-1.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def test_group_diagnostics_and_dynamic_sampling_by_hand():
+    returns = np.array([1.0, 3.0, 5.0, 5.0, 2.0, 4.0, 4.0])
+    groups = np.array([0, 0, 1, 1, 2, 3, 3])
+    assert zero_variance_groups(returns, groups).tolist() == [1, 2, 3]  # a lone episode compares nothing
+    stats = group_reward_stats(returns, groups)
+    assert stats["group_reward_std"] == pytest.approx((1.0 + 0 + 0 + 0) / 4)
+    assert stats["zero_variance_group_frac"] == 0.75 and stats["groups"] == 4
+    # Dr. GRPO (no std division) keeps the return scale: a group twice as spread gets twice the advantage
+    wide = group_advantages(np.array([0.0, 4.0, 1.0, 3.0]), np.array([0, 0, 1, 1]), normalize_std=False)
+    assert wide.tolist() == [-2.0, 2.0, -1.0, 1.0]
+
+
+def test_sampled_entropy_by_hand():
+    # two generated tokens at log p = -1 and -3, a prompt token (mask 0) ignored: (1 + 3) / 2
+    assert sampled_entropy([[-9.0, -1.0], [-3.0]], [[0, 1], [1]]) == pytest.approx(2.0)
+    assert sampled_entropy([[0.0, 0.0]], [[1, 1]]) == 0.0  # a deterministic policy
 
 
 def test_kl_estimators_by_hand():

@@ -83,3 +83,21 @@ def test_plots_draw_an_estimate_outside_its_bootstrap_ci(tmp_path):
     report = {**REPORT, "policies": {"clinician": _policy(10.0, {"wis": _est(10.1, 10.4, 11.0), "dr": _est(9.0, 7.0, 8.5)})}}
     written = write_report(report, tmp_path / "eval")
     assert {p.name for p in written} == {"report.json", "report.md", *PLOTS}
+
+
+def test_paired_differences_by_hand_on_shared_patients(tmp_path):
+    from sepsis_rl.eval.run import paired_difference, paired_table, per_patient_truth
+
+    # patient 3 played twice (repeats): its mean is kept; patient 9 only by after_bc: not paired
+    agent = per_patient_truth({"patients": [1, 2, 3, 3], "returns": [10.0, 0.0, 4.0, 6.0], "survived": [1, 0, 1, 1]})
+    assert agent == {"patients": [1, 2, 3], "returns": [10.0, 0.0, 5.0], "survived": [1.0, 0.0, 1.0]}
+    after_bc = {"patients": [1, 2, 3, 9], "returns": [8.0, 0.0, 5.0, 1.0], "survived": [1.0, 0.0, 0.0, 1.0]}
+    d = paired_difference(agent, after_bc)
+    assert d["n_patients"] == 3
+    assert d["diff_return"] == pytest.approx(2.0 / 3) and d["diff_survival"] == pytest.approx(1.0 / 3)
+    rows = paired_table({"agent": {"truth_arrays": agent}, "after_bc": {"truth_arrays": after_bc},
+                         "guideline": {"truth_arrays": None}})
+    assert [(r["policy"], r["vs"]) for r in rows] == [("agent", "after_bc")]  # pairs without truth are skipped
+    md = write_report({**REPORT, "paired": rows}, tmp_path / "eval", write_json=False)
+    text = next(p for p in md if p.name == "report.md").read_text()
+    assert "| agent | after_bc | 0.67" in text

@@ -70,6 +70,34 @@ def test_same_seed_same_trajectory_and_simulate_is_batched(world):
     assert all(sim.history(i)[2] == 0 for i in range(4))
 
 
+def test_a_shared_noise_key_makes_returns_differ_by_the_actions_alone(world, ray_cluster):
+    """GRPO's group members share the noise: same start, same key, same action -> the same next state; another
+    key draws other noise. Through the shard pool too, including a shard's replay after it died."""
+    from world_model.pool import PoolConfig, SimulatorPool
+
+    model, starts = world
+    start = np.repeat(starts.states[:1], 4, axis=0)
+    ids, keys = np.arange(20, 24), np.array([7, 7, 7, 8])
+    sim = WorldModelSimulator(model, SimulationConfig(seed=3))
+    sim.reset(ids, start, noise_keys=keys)
+    same = sim.step(ids, np.array([12, 12, 0, 12]))
+    np.testing.assert_array_equal(same.state[0], same.state[1])  # shared key, same action
+    assert not np.array_equal(same.state[0], same.state[3])  # another key: other noise
+    sim.reset(ids, start)  # default: keyed by the episode id, as before
+    assert not np.array_equal(sim.step(ids, np.full(4, 12)).state[0], same.state[1])
+    with pytest.raises(ValueError, match="noise keys"):
+        sim.reset(ids, start, noise_keys=keys[:2])
+    pool = SimulatorPool(model_factory=functools.partial(in_memory_model, model), sim_config=SimulationConfig(seed=3),
+                         config=PoolConfig(num_shards=2, num_cpus_per_shard=0.25, call_timeout_s=60))
+    try:
+        pool.reset(ids, start, noise_keys=keys)
+        ray.kill(pool.shards[0], no_restart=True)  # its replacement must replay the episodes with their keys
+        res = pool.step(ids, np.array([12, 12, 0, 12]))
+    finally:
+        pool.shutdown()
+    np.testing.assert_allclose(res.state, same.state, rtol=1e-4, atol=1e-3)
+
+
 def test_bad_inputs_raise_clear_errors(world):
     model, starts = world
     sim = WorldModelSimulator(model, SimulationConfig())

@@ -55,6 +55,7 @@ def in_memory_model(model: Any) -> Any:
 class _Record:
     history: np.ndarray
     start_step: int
+    noise_key: int
     actions: list[int] = field(default_factory=list)
 
 
@@ -118,7 +119,9 @@ class SimulatorPool:
         if mine.size == 0:
             return
         starts = np.array([self._records[int(e)].start_step for e in mine], dtype=np.int64)
-        ray.get(self.shards[i].reset.remote(mine, self._stack_histories(mine), starts), timeout=self.config.call_timeout_s)
+        keys = np.array([self._records[int(e)].noise_key for e in mine], dtype=np.int64)
+        ray.get(self.shards[i].reset.remote(mine, self._stack_histories(mine), starts, keys),
+                timeout=self.config.call_timeout_s)
         longest = max(len(self._records[int(e)].actions) for e in mine)
         for t in range(longest):
             ids = np.array([e for e in mine if len(self._records[int(e)].actions) > t], dtype=np.int64)
@@ -162,7 +165,9 @@ class SimulatorPool:
         return [[results[i] for i in groups], order]
 
     # ---------------------------------------------------------------------------------------- API
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None,
+              noise_keys: np.ndarray | None = None) -> np.ndarray:
+        """Start episodes on their shards (``WorldModelSimulator.reset``: ``noise_keys`` default to the ids)."""
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         h = np.asarray(history, dtype=np.float64)
         h = h[:, None, :] if h.ndim == 2 else h
@@ -170,9 +175,12 @@ class SimulatorPool:
             raise ValueError(f"{len(ids)} episode ids for {len(h)} start histories")
         starts = (np.full(len(ids), h.shape[1] - 1, dtype=np.int64) if start_steps is None
                   else np.asarray(start_steps, dtype=np.int64).reshape(-1))
-        results, order = self._call("reset", ids, h, starts)
-        for eid, hist, st in zip(ids, h, starts):
-            self._records[int(eid)] = _Record(hist.copy(), int(st))
+        keys = ids if noise_keys is None else np.asarray(noise_keys, dtype=np.int64).reshape(-1)
+        if len(keys) != len(ids):
+            raise ValueError(f"{len(keys)} noise keys for {len(ids)} episodes")
+        results, order = self._call("reset", ids, h, starts, keys)
+        for eid, hist, st, key in zip(ids, h, starts, keys):
+            self._records[int(eid)] = _Record(hist.copy(), int(st), int(key))
         return np.concatenate(results)[np.argsort(order)]
 
     def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:

@@ -75,8 +75,9 @@ class SimulatorShardImpl:
             self.metrics["steps"].inc(n)
             self.metrics["rate"].set(self._steps / max(time.perf_counter() - self._t0, 1e-9))
 
-    async def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
-        return self.sim.reset(episode_ids, history, start_steps)
+    async def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None,
+                    noise_keys: np.ndarray | None = None) -> np.ndarray:
+        return self.sim.reset(episode_ids, history, start_steps, noise_keys)
 
     async def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)

@@ -132,6 +132,7 @@ class WorldModelSimulator:
         self._hist = np.zeros((0, model.window, self.n_features))  # last W states, left-padded with the first
         self._steps = np.zeros(0, dtype=np.int64)
         self._t0 = np.zeros(0, dtype=np.int64)  # decisions since admission at reset (the world model's time input)
+        self._key = np.zeros(0, dtype=np.int64)  # noise key per slot (default: the episode id)
         self._done = np.zeros(0, dtype=bool)
         self._alive = np.zeros(0)  # P(no ending yet), used when endings are "expected"
         self._actions: dict[int, list[int]] = {}
@@ -178,11 +179,14 @@ class WorldModelSimulator:
         return h
 
     # ------------------------------------------------------------------------------------------ API
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None) -> np.ndarray:
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None,
+              noise_keys: np.ndarray | None = None) -> np.ndarray:
         """Start (or restart) episodes from observed histories [B, T, F]; returns the current states [B, F].
 
         ``start_steps`` [B]: decisions since admission of each history's newest state (default: the number
-        of charted states given minus one, right when histories start at admission)."""
+        of charted states given minus one, right when histories start at admission). ``noise_keys`` [B]:
+        what keys each episode's transition noise (default: its id). Episodes that share a key and a start
+        meet the same noise, so their returns differ only by their actions: GRPO's group members share one."""
         h = self.check_history(history)
         ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(h):
@@ -202,6 +206,10 @@ class WorldModelSimulator:
                            else np.asarray(start_steps, dtype=np.int64).reshape(-1))
         self._done[slots] = False
         self._alive[slots] = 1.0
+        keys = ids if noise_keys is None else np.asarray(noise_keys, dtype=np.int64).reshape(-1)
+        if len(keys) != len(ids):
+            raise ValueError(f"{len(keys)} noise keys for {len(ids)} episodes")
+        self._key[slots] = keys
         return h[:, -1, :].astype(np.float32)
 
     def _allocate(self, n: int) -> np.ndarray:
@@ -211,6 +219,7 @@ class WorldModelSimulator:
             self._hist = np.concatenate([self._hist, np.zeros((grow, *self._hist.shape[1:]))])
             self._steps = np.concatenate([self._steps, np.zeros(grow, dtype=np.int64)])
             self._t0 = np.concatenate([self._t0, np.zeros(grow, dtype=np.int64)])
+            self._key = np.concatenate([self._key, np.zeros(grow, dtype=np.int64)])
             self._done = np.concatenate([self._done, np.zeros(grow, dtype=bool)])
             self._alive = np.concatenate([self._alive, np.zeros(grow)])
             self._free.extend(range(cap + grow - 1, cap - 1, -1))
@@ -229,7 +238,7 @@ class WorldModelSimulator:
         acts = self.check_actions(actions, (len(ids),))
         window = self._hist[slots]
         pred = self._predict(window, acts, self._t0[slots] + self._steps[slots])
-        u = keyed_uniforms(self.config.seed, ids, self._steps[slots], 1 + self.n_features)
+        u = keyed_uniforms(self.config.seed, self._key[slots], self._steps[slots], 1 + self.n_features)
         nxt = np.array(pred["mean"], dtype=np.float64)
         if self.config.stochastic:
             nxt = nxt + pred["std"] * _normal_from_uniform(u[:, 1:])

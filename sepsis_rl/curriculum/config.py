@@ -94,6 +94,14 @@ class RLStage:
     checkpoint_every: int = 2
     keep_checkpoints: int = 2  # the last K checkpoints stay: a corrupt newest one falls back to the previous
     mismatch_samples: int = 4  # segments whose log-probs are compared learner vs engine after each sync
+    # GRPO's group comparison: members of a group share the simulator's noise, so their returns differ by
+    # their decisions alone; groups whose returns are all equal teach nothing and are dropped, then
+    # replaced by freshly played groups up to refill_rounds times (DAPO's dynamic sampling)
+    shared_group_noise: bool = True
+    dynamic_sampling: bool = True
+    refill_rounds: int = 1
+    advantage_std: bool = True  # divide by the group's std (GRPO); false: centred returns only (Dr. GRPO)
+    kl_samples: int = 32  # segments re-scored after each update for the KL to the previous policy (0: off)
 
 
 @dataclass
@@ -211,7 +219,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "bc.traces": _POSITIVE_INT, "bc.eval_states": _POSITIVE_INT,
     **{f"rl.{k}": _POSITIVE_INT for k in ("iterations", "groups_per_iteration", "group_size", "max_steps", "micro_batch",
                                           "grad_accum", "eval_states", "eval_every", "checkpoint_every")},
-    "rl.mismatch_samples": _NONNEG_INT, "rl.kl_coef": _NONNEG, "rl.eval_temperature": _NONNEG,
+    **{f"rl.{k}": _NONNEG_INT for k in ("mismatch_samples", "refill_rounds", "kl_samples")},
+    "rl.kl_coef": _NONNEG, "rl.eval_temperature": _NONNEG,
     "rl.clip_eps": (lambda v: 0 < v <= 1, "in (0, 1]"), "rl.gamma": _PROBABILITY, "rl.lam": _PROBABILITY,
     "rl.kl_estimator": (lambda v: v in ("k1", "k2", "k3"), "one of k1, k2, k3"),
     "rl.loss_agg": (lambda v: v in ("token-mean", "seq-mean"), "one of token-mean, seq-mean"),

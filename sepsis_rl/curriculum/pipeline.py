@@ -308,6 +308,7 @@ def stage_evaluate(cfg: PipelineConfig, run: RunDir, opts: PipelineOptions) -> t
         if p.get("llm"):
             headline[name] |= {k: p["llm"][k] for k in ("parse_failure_rate", "fallback_rate") if k in p["llm"]}
     run.set_summary("evaluation", {"value_kinds": "true = ground-truth simulator; dr = off-policy estimate (logged "
-                                   "test stays, 95% bootstrap CI)", "gamma": e.gamma, "policies": headline})
+                                   "test stays, 95% bootstrap CI)", "gamma": e.gamma, "policies": headline,
+                                   "paired_true_differences": report.get("paired", [])})
     failed = [n for n, p in report["policies"].items() if p["status"] != "ok"]
     return run.uri("eval"), {"policies": len(report["policies"]), "failed": failed}

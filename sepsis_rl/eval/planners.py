@@ -23,15 +23,23 @@ from sepsis_rl.eval.policy import DecisionBatch, Policy, one_hot
 ALL = np.arange(N_ACTIONS)
 
 
-def candidate_sets(batch: DecisionBatch, mode: str, proposer: Policy | None) -> np.ndarray:
-    """[B, K] candidates: all 25 actions, or the proposer's mode (the clinician's, or the guideline's: what the
-    guided agent is shown) and two neighbours."""
+CANDIDATE_MODES = ("all", "clinician3", "guideline3", "guideline5", "support")
+
+
+def candidate_sets(batch: DecisionBatch, mode: str, proposer: Policy | None, support_cutoff: float = 0.05) -> np.ndarray:
+    """[B, K] candidates: all 25 actions; the proposer's mode (the clinician's, or the guideline's: what the
+    guided agent is shown) and two (``*3``) or four (``*5``) neighbours; or ``support``: every action the
+    proposer (the behaviour policy) takes with probability >= ``support_cutoff`` in this state, padded
+    with its most likely action (where the world model has seen data)."""
     if mode == "all":
         return np.tile(ALL, (len(batch), 1))
-    if mode not in ("clinician3", "guideline3") or proposer is None:
-        raise ValueError(f"candidates must be 'all', 'clinician3' or 'guideline3' (with a proposer), got {mode!r}")
-    modes = proposer.action_probs(batch).argmax(axis=1)
-    return np.array([default_candidates(int(a), 3) for a in modes], dtype=np.int64)
+    if mode not in CANDIDATE_MODES or proposer is None:
+        raise ValueError(f"candidates must be one of {CANDIDATE_MODES} (all but 'all' with a proposer), got {mode!r}")
+    probs = proposer.action_probs(batch)
+    modes = probs.argmax(axis=1)
+    if mode == "support":
+        return np.where(probs >= support_cutoff, ALL[None, :], modes[:, None])
+    return np.array([default_candidates(int(a), int(mode[-1])) for a in modes], dtype=np.int64)
 
 
 def choose(cands: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -40,25 +48,55 @@ def choose(cands: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class WorldModelPlanner(Policy):
-    """Greedy in the world model's expected return over ``horizon`` steps, holding the candidate."""
+    """Greedy in the world model's expected return over ``horizon`` steps.
+
+    The candidate is given at the first step; later steps hold it, or follow ``continuation`` (a policy
+    of the simulated state: a whole-stay objective). ``penalty`` > 0 is pessimism: the score is the
+    expected return minus ``penalty`` times the ensemble's epistemic std of the forecast (MOPO-style), so
+    actions where the world model is unsure (where clinicians rarely acted) must win by a margin.
+    """
 
     deterministic = True
 
     def __init__(self, model: object, candidates: str = "all", horizon: int = 1, proposer: Policy | None = None,
-                 name: str | None = None):
+                 name: str | None = None, penalty: float = 0.0, continuation: Policy | None = None,
+                 support_cutoff: float = 0.05):
         from world_model.simulation import SimulationConfig, WorldModelSimulator
 
         self.sim = WorldModelSimulator(model, SimulationConfig(stochastic=False, max_steps=10**6))  # type: ignore[arg-type]
         self.mode, self.horizon, self.proposer = candidates, horizon, proposer
+        self.penalty, self.continuation, self.support_cutoff = penalty, continuation, support_cutoff
         self.name = name or f"wm_planner{'' if candidates == 'all' else '_k3'}"
 
-    def action_probs(self, batch: DecisionBatch) -> np.ndarray:
-        cands = candidate_sets(batch, self.mode, self.proposer)
+    def scores(self, batch: DecisionBatch) -> tuple[np.ndarray, np.ndarray]:
+        """([B, K] candidates, [B, K] their planning scores)."""
+        cands = candidate_sets(batch, self.mode, self.proposer, self.support_cutoff)
         ids = np.arange(len(batch), dtype=np.int64)
         self.sim.reset(ids, batch.history, batch.steps)
-        res = self.sim.simulate(ids, cands, self.horizon)
+        follow = _continuation(self.continuation, batch, cands.shape[1]) if self.continuation else None
+        res = self.sim.simulate(ids, cands, self.horizon, follow)
         self.sim.release(ids)
-        return one_hot(choose(cands, res.expected_return))
+        return cands, res.expected_return - self.penalty * res.uncertainty
+
+    def action_probs(self, batch: DecisionBatch) -> np.ndarray:
+        cands, score = self.scores(batch)
+        return one_hot(choose(cands, score))
+
+
+def _continuation(policy: Policy, batch: DecisionBatch, k: int):  # type: ignore[no-untyped-def]
+    """The world model's continuation callback: ``policy``'s most likely action on each simulated window,
+    one step later each call (the forks of B patients x K candidates)."""
+    calls = [0]
+    ids = np.repeat(batch.episode_ids, k)
+    steps = np.repeat(batch.steps, k)
+
+    def follow(window: np.ndarray, last: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        fork = DecisionBatch(ids, steps + calls[0], window, np.full(len(ids), window.shape[1]), np.asarray(last),
+                             batch.feature_names)
+        return policy.action_probs(fork).argmax(axis=1)
+
+    return follow
 
 
 class TrueSimulatorPlanner(Policy):

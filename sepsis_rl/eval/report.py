@@ -123,7 +123,7 @@ def render_markdown(report: dict) -> str:
         if key in report:
             lines.append(f"- **{key}**: {report[key]}")
     for key, value in report.items():
-        if key not in ("cohort", "split", "gamma", "n_episodes", "policies"):
+        if key not in ("cohort", "split", "gamma", "n_episodes", "policies", "paired"):
             lines.append(f"- **{key}**: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     lines += ["", MEANING, "## Off-policy estimates (logged test trajectories)", "",
               "Each cell: estimate [95% CI] (ESS). The true discounted return is repeated for comparison.", ""]
@@ -151,6 +151,13 @@ def render_markdown(report: dict) -> str:
     if rows:
         lines += ["", ("\"WM − true\": the world model's value of the policy minus its true discounted value; a "
                        "large positive gap for an agent that consults the world model means it exploits its errors.")]
+
+    if report.get("paired"):
+        lines += ["", "## Paired true differences (the same patients, common random numbers)", ""]
+        lines += _table(["policy", "vs", "Δ return", "Δ survival", "patients"],
+                        [[r["policy"], r["vs"], _with_ci(r["diff_return"], r["diff_return_ci"]),
+                          _with_ci(r["diff_survival"], r["diff_survival_ci"], 3), str(r["n_patients"])]
+                         for r in report["paired"]])
 
     lines += ["", "## Safety (policy's choices on the logged test states)", ""]
     rows = []

@@ -125,12 +125,14 @@ def task_cpus(name: str) -> float:
 
 
 def assemble(sources: Sources, cfg: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Pair every true value with the clinician's on the same patients; drop the raw arrays."""
+    """Pair every true value with the clinician's on the same patients; keep the per-patient true outcomes
+    (``truth_arrays``), so that any two policies can be paired, and pair the ones ``PAIRS`` names."""
     ref = results.get(REFERENCE, {}).get("truth_arrays")
     policies: dict[str, Any] = {}
     for name, r in results.items():
         arrays = r.pop("truth_arrays", None)
         r["true"] = paired_truth(arrays, ref) if arrays is not None else None
+        r["truth_arrays"] = per_patient_truth(arrays) if arrays is not None else None
         r["kind"] = "llm" if name in LLM_POLICIES else "classic"
         policies[name] = r
     return {"cohort": sources.cohort, "run_dir": sources.run_dir, "split": cfg.split, "gamma": cfg.gamma,
@@ -140,7 +142,7 @@ def assemble(sources: Sources, cfg: EvalConfig, results: dict[str, dict[str, Any
             "value_kinds": {"true": "ground-truth simulator, common random numbers, full stays from admission",
                             "ope": "off-policy estimates from the logged test stays (bootstrap 95% CI over patients, ESS)",
                             "wm": "in-model: the policy played in the learned world model (never a headline)"},
-            "policies": policies}
+            "paired": paired_table(policies), "policies": policies}
 
 
 def logged_clinician(sources: Sources, cfg: EvalConfig) -> dict[str, Any]:
@@ -177,6 +179,42 @@ def paired_truth(arrays: dict[str, list], ref: dict[str, list] | None) -> dict[s
                    diff_survival_ci=list(ds_ci), clinician_return_same_patients=float(rr[pos].mean()),
                    clinician_survival_same_patients=float(rs[pos].mean()))
     return out
+
+
+# what each stage added and what the agent adds over the rules it could have followed: (policy, compared with)
+PAIRS = (("agent", "after_bc"), ("agent", "wm_planner_gl3"), ("agent", "wm_planner_k3"), ("agent", "guideline"),
+         ("after_bc", "after_sft"), ("after_sft", "base_llm_wm"))
+
+
+def per_patient_truth(arrays: dict[str, list]) -> dict[str, list]:
+    """Each patient's mean true return and survival over its repeats, sorted by patient id."""
+    up, ret, surv = _per_patient(*(np.asarray(arrays[k], dtype=np.float64) for k in ("patients", "returns", "survived")))
+    return {"patients": up.astype(np.int64).tolist(), "returns": ret.tolist(), "survived": surv.tolist()}
+
+
+def paired_difference(a: dict[str, list], b: dict[str, list]) -> dict[str, Any]:
+    """True return and survival of policy a minus policy b on the patients both played (per-patient
+    ``truth_arrays``), with 95% CIs over those patients."""
+    from sepsis_rl.cohort.truth import mean_ci
+
+    pa_, pb = np.asarray(a["patients"]), np.asarray(b["patients"])
+    shared, ia, ib = np.intersect1d(pa_, pb, return_indices=True)
+    if len(shared) < 2:
+        raise ValueError(f"{len(shared)} shared patients: too few to pair")
+    d, d_ci = mean_ci(np.asarray(a["returns"])[ia] - np.asarray(b["returns"])[ib])
+    ds, ds_ci = mean_ci(np.asarray(a["survived"])[ia] - np.asarray(b["survived"])[ib])
+    return {"n_patients": int(len(shared)), "diff_return": d, "diff_return_ci": list(d_ci),
+            "diff_survival": ds, "diff_survival_ci": list(ds_ci)}
+
+
+def paired_table(policies: dict[str, Any]) -> list[dict[str, Any]]:
+    """``PAIRS`` whose two policies both have true outcomes."""
+    rows = []
+    for a, b in PAIRS:
+        ta, tb = (policies.get(n, {}).get("truth_arrays") for n in (a, b))
+        if ta and tb and len(np.intersect1d(ta["patients"], tb["patients"])) >= 2:
+            rows.append({"policy": a, "vs": b, **paired_difference(ta, tb)})
+    return rows
 
 
 def _per_patient(pids: np.ndarray, ret: np.ndarray, surv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

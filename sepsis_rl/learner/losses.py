@@ -58,6 +58,35 @@ def group_advantages(returns: np.ndarray, group_ids: np.ndarray, normalize_std: 
     return out
 
 
+def zero_variance_groups(returns: np.ndarray, group_ids: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Group ids whose episodes all got the same return (within ``tol``): no action was better than another,
+    so their advantages are zero and only dilute the batch (DAPO's dynamic sampling drops them)."""
+    returns = np.asarray(returns, dtype=np.float64)
+    return np.array([g for g in np.unique(group_ids) if np.ptp(returns[group_ids == g]) <= tol], dtype=np.int64)
+
+
+def group_reward_stats(returns: np.ndarray, group_ids: np.ndarray, tol: float = 1e-9) -> dict[str, float]:
+    """What the group comparison had to learn from: mean within-group std of the returns, the fraction of
+    groups with zero variance, and the number of groups."""
+    returns = np.asarray(returns, dtype=np.float64)
+    groups = np.unique(group_ids)
+    stds = [returns[group_ids == g].std() for g in groups]
+    zero = len(zero_variance_groups(returns, group_ids, tol))
+    return {"group_reward_std": float(np.mean(stds)) if stds else 0.0,
+            "zero_variance_group_frac": zero / max(len(groups), 1), "groups": float(len(groups))}
+
+
+def sampled_entropy(logprobs: list[list[float]], masks: list[list[int]]) -> float:
+    """Monte-Carlo entropy per generated token: the mean of -log p over tokens sampled from the policy
+    (an unbiased estimate of the policy's entropy at the states it visited; 0 when it is deterministic)."""
+    total, n = 0.0, 0
+    for lps, mask in zip(logprobs, masks):
+        for lp, m in zip(lps, mask):
+            if m:
+                total, n = total - lp, n + 1
+    return total / max(n, 1)
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1, k2, k3)."""
     log_ratio = logp - ref_logp

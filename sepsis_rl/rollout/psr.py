@@ -28,7 +28,8 @@ from sepsis_rl.rollout.episodes import EpisodeRecord, Segment
 class Simulator(Protocol):
     """``WorldModelSimulator`` in-process or ``SimulatorPool`` across shards: same calls."""
 
-    def reset(self, episode_ids: np.ndarray, history: np.ndarray) -> np.ndarray: ...
+    def reset(self, episode_ids: np.ndarray, history: np.ndarray, start_steps: np.ndarray | None = None,
+              noise_keys: np.ndarray | None = None) -> np.ndarray: ...
     def step(self, episode_ids: np.ndarray, actions: np.ndarray) -> Any: ...
     def simulate(self, episode_ids: np.ndarray, candidates: np.ndarray, horizon: int) -> Any: ...
     def release(self, episode_ids: np.ndarray) -> None: ...
@@ -210,11 +211,17 @@ class PSRAgent:
 
 
 def play_episodes(agent: PSRAgent, sim: Simulator, start_states: np.ndarray, episode_ids: np.ndarray,
-                  group_ids: np.ndarray, start_index: np.ndarray, seed: int = 0) -> list[EpisodeRecord]:
-    """Play whole episodes from ``start_states`` [B, F] (or [B, T, F]) until each ends; batched per decision."""
+                  group_ids: np.ndarray, start_index: np.ndarray, seed: int = 0,
+                  shared_group_noise: bool = False) -> list[EpisodeRecord]:
+    """Play whole episodes from ``start_states`` [B, F] (or [B, T, F]) until each ends; batched per decision.
+
+    ``shared_group_noise``: a group's episodes meet the same simulator noise (keyed by the group id), so
+    their returns differ by their decisions alone: what GRPO's group comparison needs.
+    """
     ids = np.asarray(episode_ids, dtype=np.int64)
     records = [EpisodeRecord(int(e), int(g), int(s), agent.cfg.use_simulator) for e, g, s in zip(ids, group_ids, start_index)]
-    states = np.asarray(sim.reset(ids, start_states), dtype=np.float64)
+    keys = np.asarray(group_ids, dtype=np.int64) if shared_group_noise else None
+    states = np.asarray(sim.reset(ids, start_states, None, keys), dtype=np.float64)
     prev: list[np.ndarray | None] = [None] * len(ids)
     last: list[int | None] = [None] * len(ids)
     live = np.arange(len(ids))

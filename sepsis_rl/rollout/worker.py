@@ -108,7 +108,8 @@ class RolloutWorkerImpl:
         self.engine.load_weights(state_dict)
 
     def run(self, n_episodes: int, group_size: int = 1, seed: int = 0, start_index: np.ndarray | None = None,
-            slot: int | None = None, first_id: int | None = None, part: tuple[int, int] | None = None) -> pa.Table:
+            slot: int | None = None, first_id: int | None = None, part: tuple[int, int] | None = None,
+            shared_group_noise: bool = False) -> pa.Table:
         """Play ``n_episodes`` (``group_size`` episodes per start state); returns the episode table.
 
         The episodes are a function of (``seed``, ``slot``, ``first_id``) only, so any worker holding the same
@@ -116,6 +117,7 @@ class RolloutWorkerImpl:
         ``first_id`` is the first id offset within the slot's range (default: a counter of this worker's
         calls), and ``part = (lo, hi)`` plays only episodes lo..hi-1 of the call (``lo`` a multiple of
         ``batch_episodes``, so every batch, and its sampling, is the same as in a whole call).
+        ``shared_group_noise``: a group's episodes meet the same simulator noise (``play_episodes``).
         """
         self._check()
         if n_episodes % group_size:
@@ -140,7 +142,7 @@ class RolloutWorkerImpl:
         for lo in range(lo_part, hi_part, self.config.batch_episodes):
             sl = slice(lo, min(lo + self.config.batch_episodes, hi_part))
             records += play_episodes(self.agent, self.sim, self.starts.states[picks[sl]], ids[sl], groups[sl],
-                                     picks[sl], seed=seed * 7919 + lo)
+                                     picks[sl], seed=seed * 7919 + lo, shared_group_noise=shared_group_noise)
         table = episodes_to_table(records)
         self._report(table, time.perf_counter() - t0)
         return table
