@@ -13,8 +13,10 @@ import yaml
 
 
 def _cmd(out, *extra):
+    # the tiny random model always falls back, so a group's episodes (sharing the simulator's noise) get equal
+    # returns: dynamic sampling would skip every update; this test is about resuming, so it keeps the updates
     return [sys.executable, "-m", "sepsis_rl.cli", "pipeline", "--preset", "tiny", "--out", str(out), "--no-dashboard",
-            "--set", "rl.iterations=3", *extra]
+            "--set", "rl.iterations=3", "--set", "rl.dynamic_sampling=false", *extra]
 
 
 def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_model_dir):
@@ -57,6 +59,10 @@ def test_tiny_pipeline_killed_during_rl_resumes_and_finishes(tmp_path, default_m
     assert [h["iteration"] for h in rl["history"]] == [0, 1, 2, 3]  # no iteration lost or repeated
     assert rl["iterations"] == 3 and len(rl["train_mean_return"]) == 3
     assert all(m < 1e-3 for m in rl["logprob_mismatch_after_sync"])
+    assert all(0 <= z <= 1 for z in rl["zero_variance_group_frac"]) and len(rl["entropy"]) == 3
+    assert all(k is not None and k >= 0 for k in rl["kl_to_previous"])
+    changed = rl["heldout_decisions_changed"]  # held-out greedy decisions differing from stage 2's
+    assert changed[0] is None and all(c is None or 0 <= c <= 1 for c in changed[1:]) and changed[-1] is not None
     assert set(rl["time_per_iteration"][0]) == {"rollout_s", "generate_s", "simulate_s", "score_s", "update_s", "sync_s"}
     sft, bc = summary["stages"]["sft"], summary["stages"]["bc"]
     assert sft["loss_end"] < sft["loss_start"] and sft["heldout_nll_end"] < sft["heldout_nll_start"]
