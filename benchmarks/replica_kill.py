@@ -138,7 +138,7 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(AppArgs(agent_dir=agent_dir, engine=args.engine, engine_cpus=args.engine_cpus,
-                                    replicas=2)), name=APP, route_prefix=f"/{APP}", blocking=True)
+                                    replicas=2)), name=APP, route_prefix=f"/{APP}")
         url = f"http://127.0.0.1:{port}/{APP}/v1/recommend"
         for i in range(args.runs):
             run = one_run(url, bodies, args.concurrency, args.kill_after)

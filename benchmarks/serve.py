@@ -157,7 +157,7 @@ def main() -> None:
                 app = f"bench-{engine}-{name}"
                 serve.run(build_app(AppArgs(agent_dir=agent_dir, engine=engine, engine_cpus=args.engine_cpus,
                                             batching=batching, max_batch_size=args.max_batch_size)),
-                          name=app, route_prefix=f"/{app}", blocking=True)
+                          name=app, route_prefix=f"/{app}")
                 load(f"{base}/{app}/v1/recommend", bodies[:4], 4)  # warm-up
                 for c in args.concurrency:
                     out["served"][engine][f"batching_{name}_c{c}"] = load(f"{base}/{app}/v1/recommend", bodies, c)
