@@ -109,7 +109,7 @@ def study_objectives(args: argparse.Namespace, model: object, clin: SyntheticCli
     best = max((n for n in table if n.startswith("wm_")), key=lambda n: table[n]["vs_gl3"]["diff_return"])
     print(json.dumps({"study": "objectives", "cohort": args.cohort, "world_model": args.world_model, "gamma": args.gamma,
                       "repeats": args.repeats, "reference": "wm_gl3_h1", "best": best,
-                      "best_ci_above_zero": table[best]["vs_gl3"]["diff_return_ci"][0] > 0 if best != "wm_gl3_h1" else False,
+                      "best_ci_above_zero": bool(best != "wm_gl3_h1" and table[best]["vs_gl3"]["diff_return_ci"][0] > 0),
                       "policies": table, "seconds": seconds}, indent=2))
 
 
