@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--engines", nargs="+", default=None, choices=["transformers", "vllm"],
                    help="default: both where vLLM is installed, else transformers")
     p.add_argument("--engine-cpus", type=float, default=1.0, help="CPUs the agent replica reserves")
+    p.add_argument("--batch-wait-s", type=float, default=0.02, help="@serve.batch's wait for a fuller batch")
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the replicas
     import ray
@@ -146,7 +147,8 @@ def main() -> None:
     port = free_port()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     out: dict = {"benchmark": "serve", "agent_dir": agent_dir, "requests": args.requests, "threads": args.threads,
-                 "max_batch_size": args.max_batch_size, "engine_cpus": args.engine_cpus, "engines": engines,
+                 "max_batch_size": args.max_batch_size, "batch_wait_s": args.batch_wait_s,
+                 "engine_cpus": args.engine_cpus, "engines": engines,
                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "served": {e: {} for e in engines}, "bare_engine": {}, "ratios": {e: {} for e in engines}}
     try:
@@ -156,7 +158,8 @@ def main() -> None:
             for name, batching in (("on", True), ("off", False)):
                 app = f"bench-{engine}-{name}"
                 serve.run(build_app(AppArgs(agent_dir=agent_dir, engine=engine, engine_cpus=args.engine_cpus,
-                                            batching=batching, max_batch_size=args.max_batch_size)),
+                                            batching=batching, max_batch_size=args.max_batch_size,
+                                            batch_wait_timeout_s=args.batch_wait_s)),
                           name=app, route_prefix=f"/{app}")
                 load(f"{base}/{app}/v1/recommend", bodies[:4], 4)  # warm-up
                 for c in args.concurrency:
